@@ -1,0 +1,55 @@
+"""Checkpoints: written atomically, read back with clear errors, turned back into a model."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import SLMError
+from .model import GPT, GPTConfig
+from .tokenizers import tokenizer_from_dict
+
+REQUIRED_KEYS = ("model", "model_config", "tokenizer", "step")
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write ``state`` to ``path`` so that a crash at any moment leaves the old file or the new one,
+    never half of one: save to a temporary file beside it, flush it to disk, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SLMError(f"checkpoint {path} does not exist; train first or check the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise SLMError(f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__}); "
+                       "use another checkpoint (best.pt / last.pt) or retrain") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise SLMError(f"{path} is not a checkpoint of this course (expected keys {', '.join(REQUIRED_KEYS)})")
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, checkpoint dict) from a checkpoint file."""
+    state = load_checkpoint(path)
+    model = GPT(GPTConfig(**state["model_config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise SLMError(f"checkpoint {path} holds weights that do not fit its own config; it is corrupt") from None
+    return model.to(device).eval(), tokenizer_from_dict(state["tokenizer"]), state

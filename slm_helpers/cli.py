@@ -1,0 +1,110 @@
+"""Command line: train a preset or a YAML config on any text file, resume it, sample from it.
+
+    python -m slm_helpers train --preset shakespeare-char-cpu [--data FILE] [--out DIR] [--resume]
+    python -m slm_helpers sample --checkpoint runs/shakespeare-char-cpu/best.pt --prompt "ROMEO:"
+
+Bad input ends the program with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SLMError
+
+
+def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .config import list_presets
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
+    source.add_argument("--config", help="a YAML config file (see slm_helpers/configs/ for examples)")
+    parser.add_argument("--data", help="train on this UTF-8 text file (or corpus name) instead of the preset's")
+    parser.add_argument("--out", help="folder for checkpoints (default: runs/<preset name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.max_iters=200 (repeatable)")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
+    return parser
+
+
+def _sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="a .pt file written by train")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start from a line break)")
+    parser.add_argument("--max-new-tokens", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
+    parser.add_argument("--seed", type=int, default=None, help="make the sample repeatable")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
+    return parser
+
+
+def train(args: argparse.Namespace) -> None:
+    from .config import build_trainer, load_config
+    from .device import pick_device, seed_everything
+
+    overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
+    run = load_config(args.preset or args.config, overrides)
+    out_dir = Path(args.out or Path("runs") / run.name)
+    last = out_dir / "last.pt"
+    if args.resume and not last.is_file():
+        raise SLMError(f"nothing to resume: {last} does not exist; train without --resume first")
+    if not args.resume and last.is_file():
+        raise SLMError(f"{out_dir} already holds a run; add --resume to continue it or pass a new --out")
+    device = pick_device(args.device)
+    seed_everything(run.train.seed)
+    trainer = build_trainer(run, out_dir=out_dir, device=device, resume_from=last if args.resume else None)
+    print(f"{run.name}: {trainer.model.num_params() / 1e6:.2f}M parameters, {device}, "
+          f"{len(trainer.splits['train']):,} training tokens, checkpoints in {out_dir}")
+    history = trainer.fit()
+    print(f"done: step {history[-1]['step']}, val loss {history[-1]['val']:.4f}, best {trainer.best_val:.4f}, "
+          f"{trainer.train_seconds:.0f}s of training; sample with:\n"
+          f"  python -m slm_helpers sample --checkpoint {out_dir / 'best.pt'}")
+
+
+def sample(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .device import pick_device
+    from .sampling import check_options, complete
+
+    check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  max_new_tokens=args.max_new_tokens)  # before the (slow) model load
+    model, tokenizer, _ = load_model(args.checkpoint, pick_device(args.device))
+    print(complete(model, tokenizer, args.prompt, args.max_new_tokens, seed=args.seed,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+
+
+def _run(command, args: argparse.Namespace) -> int:
+    try:
+        command(args)
+    except SLMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with --resume (the last checkpoint is intact)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slm_helpers", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _train_parser(commands.add_parser("train", help="train a GPT on a text file"))
+    _sample_parser(commands.add_parser("sample", help="generate text from a checkpoint"))
+    args = parser.parse_args(argv)
+    return _run(train if args.command == "train" else sample, args)
+
+
+def train_main() -> int:
+    """Console script ``slm-train``."""
+    parser = _train_parser(argparse.ArgumentParser(prog="slm-train", description="Train a GPT on a text file."))
+    return _run(train, parser.parse_args())
+
+
+def sample_main() -> int:
+    """Console script ``slm-sample``."""
+    parser = _sample_parser(argparse.ArgumentParser(prog="slm-sample", description="Sample from a checkpoint."))
+    return _run(sample, parser.parse_args())

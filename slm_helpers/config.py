@@ -1,0 +1,133 @@
+"""Run configurations: YAML presets shipped in the package, overrides, and a ready-to-train Trainer.
+
+A config names the data, the tokenizer, the model shape and the training recipe::
+
+    data: shakespeare        # a corpus name (see slm_helpers.data.CORPORA) or a UTF-8 text file
+    tokenizer: char
+    model: {n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, dropout: 0.2}
+    train: {max_iters: 5000, batch_size: 64, learning_rate: 1.0e-3}
+
+Every key is checked: a misspelt or mistyped one is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from .data import load_text, train_val_split
+from .errors import SLMError
+from .model import GPT, GPTConfig
+from .tokenizers import CharTokenizer, tokenizer_from_dict
+from .train import TrainConfig, Trainer
+
+PRESET_DIR = Path(__file__).parent / "configs"
+TOKENIZERS = ("char",)
+
+
+@dataclass
+class RunConfig:
+    data: str = "shakespeare"
+    tokenizer: str = "char"
+    val_fraction: float = 0.1
+    model: dict = field(default_factory=dict)  # GPTConfig fields except vocab_size (the tokenizer decides it)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "custom"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "data": self.data, "tokenizer": self.tokenizer,
+                "val_fraction": self.val_fraction, "model": dict(self.model), "train": self.train.to_dict()}
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A preset by name, or a YAML file by path, with ``section.key=value`` overrides applied."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        if str(name_or_path) not in list_presets():
+            raise SLMError(f"unknown preset {name_or_path!r}; choose one of: {', '.join(list_presets())}")
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise SLMError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SLMError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SLMError(f"config file {path} must be a mapping of keys to values")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise SLMError(f"override {override!r} must look like key=value, e.g. train.max_iters=100")
+        *parents, leaf = key.strip().split(".")
+        target = raw
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(value)
+    raw.setdefault("name", path.stem)
+    return _build(raw, source=str(path))
+
+
+def _build(raw: dict, source: str) -> RunConfig:
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SLMError(f"unknown key(s) {', '.join(unknown)} in {source}; known keys: {', '.join(sorted(known))}")
+    if raw.get("tokenizer", "char") not in TOKENIZERS:
+        raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {raw['tokenizer']!r} in {source}")
+    model_fields = {f.name: f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
+    model = _checked(raw.get("model") or {}, model_fields, "model", source)
+    train = _checked(raw.get("train") or {}, {f.name: f for f in dataclasses.fields(TrainConfig)}, "train", source)
+    return RunConfig(data=str(raw.get("data", "shakespeare")), tokenizer=raw.get("tokenizer", "char"),
+                     val_fraction=float(raw.get("val_fraction", 0.1)), model=model,
+                     train=TrainConfig(**train), name=str(raw.get("name", "custom")))
+
+
+def _checked(section: dict, fields: dict, name: str, source: str) -> dict:
+    if not isinstance(section, dict):
+        raise SLMError(f"'{name}' in {source} must be a mapping of keys to values")
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise SLMError(f"unknown {name} key(s) {', '.join(unknown)} in {source}; "
+                       f"known {name} keys: {', '.join(sorted(fields))}")
+    out = {}
+    for key, value in section.items():
+        kind = type(fields[key].default)
+        if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise SLMError(f"{name}.{key} in {source} must be {kind.__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                  resume_from: str | Path | None = None) -> Trainer:
+    """Load the text, tokenize it, build the model and return a Trainer ready to ``fit``.
+
+    When resuming, the tokenizer comes from the checkpoint, so the ids mean what they meant before.
+    """
+    from .checkpoint import load_checkpoint
+
+    text = load_text(run.data)
+    state = load_checkpoint(resume_from) if resume_from is not None else None
+    tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else CharTokenizer.from_text(text)
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    train_data, val_data = train_val_split(data, run.val_fraction)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **run.model))
+    trainer = Trainer(model, train_data, val_data, run.train, tokenizer=tokenizer, out_dir=out_dir, device=device)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer

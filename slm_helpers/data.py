@@ -1,0 +1,178 @@
+"""Corpora: find or download the text, clean it, split it, and cut it into training batches.
+
+The repository ships every corpus in ``data/``. A copy of the package installed without the
+repository (``pip install`` from Git, say) downloads a missing file once from its public
+source into a cache folder, checks its size and SHA-256, and reuses it from then on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import SLMError
+
+REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slm_helpers"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """Where a data file comes from and how to know we got exactly that file."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+# Provenance of each file: data/README.md. Pinned commits, so the bytes never change under us.
+DATA_FILES = {
+    "tinyshakespeare.txt": RemoteFile(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        1_115_394,
+    ),
+    "origin_of_species.txt": RemoteFile(
+        "https://raw.githubusercontent.com/nopynospy/spell-checker/7573cb8190f48caa887a51d9712b010eb9c41275/pg1228.txt",
+        "213355a6ee52de5b59a9575d59d37396dac8dc9bb2a58d31d6362376e3f9c707",
+        954_822,
+    ),
+    "tinystories_sample.txt": RemoteFile(
+        "https://raw.githubusercontent.com/stanford-cs336/assignment1-basics/25a8a49f6460c83a30416d42348f2ef11d1dd185/tests/fixtures/tinystories_sample.txt",
+        "defaedb58bf28079f3e29c6142cb7f3568d331a577e0911c5d7925c465c50c43",
+        3_794,
+    ),
+    "gpt2/vocab.bpe": RemoteFile(
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        456_318,
+    ),
+    "gpt2/encoder.json": RemoteFile(
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        1_042_301,
+    ),
+}
+
+CORPORA = {
+    "shakespeare": "tinyshakespeare.txt",
+    "darwin": "origin_of_species.txt",
+    "tinystories-sample": "tinystories_sample.txt",
+}
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path(os.environ["SLM_DATA_DIR"])] if os.environ.get("SLM_DATA_DIR") else []
+    return dirs + [REPO_DATA_DIR, CACHE_DIR]
+
+
+def data_path(filename: str) -> Path:
+    """Path of a known data file, downloading it into the cache on first use if it is missing."""
+    for folder in _search_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    if filename not in DATA_FILES:
+        raise SLMError(f"unknown data file {filename!r}; known files: {', '.join(sorted(DATA_FILES))}")
+    remote = DATA_FILES[filename]
+    return download(remote.url, _search_dirs()[0 if os.environ.get("SLM_DATA_DIR") else -1] / filename,
+                    sha256=remote.sha256, size=remote.size)
+
+
+def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None,
+             timeout: float = 30.0) -> Path:
+    """Fetch ``url`` into ``dest`` with a progress bar; check size and SHA-256; never leave half a file.
+
+    The bytes go to ``dest.part`` first and are renamed only once they check out, so an
+    interrupted or corrupted download can simply be started again.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or size
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
+        part.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise SLMError(
+            f"could not download {dest.name} from {url} ({reason}); if you are offline, fetch that "
+            f"URL on another machine and put the file at {dest} (or in the folder named by SLM_DATA_DIR)"
+        ) from None
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise SLMError(f"download of {dest.name} has {got:,} bytes, expected {size:,}; run again to retry")
+    if sha256 is not None and digest.hexdigest() != sha256:
+        part.unlink()
+        raise SLMError(f"download of {dest.name} has SHA-256 {digest.hexdigest()}, expected {sha256}; "
+                       "run again to retry, or report the changed source")
+    os.replace(part, dest)
+    return dest
+
+
+def read_text_file(path: str | Path) -> str:
+    """Read a UTF-8 text file for training, with clear errors for the usual mistakes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SLMError(f"data file {path} does not exist; pass the path of a UTF-8 text file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig drops a byte-order mark if there is one
+    except UnicodeDecodeError as err:
+        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset {err.start}); "
+                       "convert it to UTF-8 first") from None
+    if not text.strip():
+        raise SLMError(f"data file {path} is empty; give it some text to learn from")
+    return text
+
+
+def strip_gutenberg(text: str) -> str:
+    """Keep only the book: drop Project Gutenberg's header and licence if the markers are there."""
+    start, end = text.find("*** START OF"), text.find("*** END OF")
+    if start == -1 or end == -1:
+        return text
+    body_start = text.index("\n", start) + 1
+    return text[body_start:end].strip() + "\n"
+
+
+def load_text(name_or_path: str | Path) -> str:
+    """A corpus by name (``shakespeare``, ``darwin``, ``tinystories-sample``) or any UTF-8 file."""
+    if str(name_or_path) in CORPORA:
+        return strip_gutenberg(read_text_file(data_path(CORPORA[str(name_or_path)])))
+    return strip_gutenberg(read_text_file(name_or_path))
+
+
+def train_val_split(data, val_fraction: float = 0.1):
+    """First ``1 - val_fraction`` for training, the rest for validation (no shuffling: text is ordered)."""
+    if not 0 < val_fraction < 1:
+        raise SLMError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    n = int(len(data) * (1 - val_fraction))
+    return data[:n], data[n:]
+
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: torch.device | str = "cpu",
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random windows of ``block_size`` tokens (x) and the same windows shifted by one (y)."""
+    if len(data) < block_size + 1:
+        raise SLMError(f"this split has {len(data):,} tokens but a window needs block_size + 1 = "
+                       f"{block_size + 1:,}; use a smaller block_size or more text")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
+    x, y = windows[:, :-1], windows[:, 1:]
+    device = torch.device(device)
+    if device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)

@@ -1,0 +1,255 @@
+"""A GPT language model in one file, plus the teaching pieces the lessons build it from.
+
+Lessons 3-5 build attention one idea at a time: ``Head`` (one head, written out in full),
+``MultiHeadAttention`` (several heads side by side) and ``FeedForward``. ``GPT`` uses the same
+ideas in their fast form: ``CausalSelfAttention`` computes every head with one matrix multiply
+and PyTorch's fused ``scaled_dot_product_attention``. ``CausalSelfAttention.load_heads`` copies
+the weights of a teaching ``MultiHeadAttention`` into it, which is how the notebooks and tests
+prove that the two compute the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import SLMError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256  # longest context the model sees, in tokens
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = False  # biases in Linear and LayerNorm; without them GPTs train as well and a bit faster
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise SLMError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise SLMError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise SLMError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def causal_mask(block_size: int) -> torch.Tensor:
+    """Lower-triangular boolean mask: position t may look at positions 0..t, never the future."""
+    return torch.tril(torch.ones(block_size, block_size, dtype=torch.bool))
+
+
+def masked_attention(q, k, v, mask, dropout: nn.Module | None = None):
+    """Attention written out: scores, causal mask, softmax, weighted sum. Returns (output, weights)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # 1/sqrt(d) keeps softmax from saturating
+    T = q.size(-2)
+    scores = scores.masked_fill(~mask[:T, :T], float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return weights @ v, weights
+
+
+# ---------------------------------------------------------------- teaching pieces (lessons 3-5)
+
+class Head(nn.Module):
+    """One head of causal self-attention, every step in the open."""
+
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer("mask", causal_mask(block_size), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        out, weights = masked_attention(self.query(x), self.key(x), self.value(x), self.mask, self.dropout)
+        return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Several heads side by side, their outputs concatenated and mixed by a projection."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.heads = nn.ModuleList(Head(n_embd, n_embd // n_head, block_size, dropout) for _ in range(n_head))
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(torch.cat([head(x) for head in self.heads], dim=-1)))
+
+
+class FeedForward(nn.Module):
+    """Per-position MLP: attention gathers information, this layer thinks about it."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class AttentionLM(nn.Module):
+    """The models of lessons 3-4: embeddings, one attention layer, optionally a feed-forward layer.
+
+    ``n_head=1`` is a single ``Head``; more heads make a ``MultiHeadAttention``. No residual
+    connections or normalisation yet: lesson 5 shows why a deeper stack needs them.
+    """
+
+    def __init__(self, vocab_size: int, n_embd: int, block_size: int, n_head: int = 1,
+                 feed_forward: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.block_size = block_size
+        self.token_embedding = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding = nn.Embedding(block_size, n_embd)
+        self.attention = (Head(n_embd, n_embd, block_size, dropout) if n_head == 1
+                          else MultiHeadAttention(n_embd, n_head, block_size, dropout))
+        self.feed_forward = FeedForward(n_embd, dropout) if feed_forward else nn.Identity()
+        self.lm_head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        T = idx.size(1)
+        x = self.token_embedding(idx) + self.position_embedding(torch.arange(T, device=idx.device))
+        logits = self.lm_head(self.feed_forward(self.attention(x)))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+# ---------------------------------------------------------------- the GPT
+
+class CausalSelfAttention(nn.Module):
+    """All heads at once: one Linear makes q, k and v for every head; the fused kernel does the rest."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.register_buffer("mask", causal_mask(config.block_size), persistent=False)
+        self.fused = True  # False: the explicit path, which also returns the weights for pictures
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        B, T, C = x.shape
+        # (B, T, 3C) -> three tensors of shape (B, n_head, T, head_size)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(C, dim=2))
+        weights = None
+        if self.fused and not return_weights:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.attn_dropout.p if self.training else 0.0)
+        else:
+            y, weights = masked_attention(q, k, v, self.mask, self.attn_dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = self.resid_dropout(self.c_proj(y))
+        return (y, weights) if return_weights else y
+
+    @torch.no_grad()
+    def load_heads(self, mha: MultiHeadAttention) -> None:
+        """Copy a teaching ``MultiHeadAttention``'s weights in, so both compute the same function."""
+        for part, name in enumerate(("query", "key", "value")):
+            stacked = torch.cat([getattr(head, name).weight for head in mha.heads], dim=0)
+            self.c_attn.weight[part * stacked.size(0):(part + 1) * stacked.size(0)].copy_(stacked)
+        self.c_proj.load_state_dict(mha.proj.state_dict())
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = FeedForward(config.n_embd, config.dropout, config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual stream carries x through unchanged; each sub-layer only adds a correction,
+        # so gradients reach the first layer undiminished however deep the stack is.
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: reading a token in and writing it out use one matrix, which saves
+        # vocab_size * n_embd parameters and trains better on small data.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each block adds two residual contributions; shrinking their output
+        # projections by 1/sqrt(2 * n_layer) keeps the residual stream's variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings (token embeddings are
+        shared with the output layer, so they count once, as weights that do real work)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise SLMError(f"sequence of {T} tokens is longer than the model's context "
+                           f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Attention weights of every layer and head for ``idx``: shape (n_layer, B, n_head, T, T)."""
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1), device=idx.device))
+        maps = []
+        for block in self.transformer.h:
+            y, weights = block.attn(block.ln_1(x), return_weights=True)
+            maps.append(weights)
+            x = x + y
+            x = x + block.mlp(block.ln_2(x))
+        return torch.stack(maps)
