@@ -19,7 +19,6 @@ from slm_helpers.tokenizers import (
     train_merges,
     train_merges_naive,
 )
-from slm_helpers.tokenizers import gpt2 as gpt2_module
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPORA = ["tinyshakespeare.txt", "origin_of_species.txt"]
@@ -202,13 +201,12 @@ def test_gpt2_encoding_loads_offline(monkeypatch, tmp_path):
 
 
 def test_corrupted_gpt2_file_is_reported(monkeypatch, tmp_path):
+    # SLM_DATA_DIR is searched before the shipped data/ folder, so this broken copy is the one found.
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "vocab.bpe").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")
-    monkeypatch.setattr(gpt2_module, "_data_path", lambda filename: tmp_path / filename)
+    monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
     with pytest.raises(SLMError, match="sha256"):
         gpt2_tokenizer()
-    with pytest.raises(SLMError, match="not found"):
-        gpt2_module._gpt2_file("encoder.json")
 
 
 # ----- export to tiktoken -------------------------------------------------------------------

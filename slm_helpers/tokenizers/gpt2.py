@@ -14,28 +14,15 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..data import DATA_FILES, data_path
 from ..errors import SLMError
 from .bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer
 
-# sha256 of GPT-2's published files, the same hashes tiktoken checks when it downloads them
-GPT2_FILES = {
-    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-}
-
-
-def _data_path(filename: str) -> Path:
-    """Where a shipped data file lives (one line to swap for ``slm_helpers.data.data_path``)."""
-    return Path(__file__).resolve().parents[2] / "data" / filename
-
-
 def _gpt2_file(name: str) -> Path:
-    """Path of a shipped GPT-2 file, checked against its published hash."""
-    path = _data_path(f"gpt2/{name}")
-    if not path.is_file():
-        raise SLMError(f"GPT-2 tokenizer file not found: {path}; it ships with the course in data/gpt2/ "
-                       "(restore it with: git checkout data/gpt2)")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != GPT2_FILES[name]:
+    """Path of GPT-2's tokenizer file ``name`` (shipped, or downloaded once), checked against its published hash."""
+    remote = DATA_FILES[f"gpt2/{name}"]
+    path = data_path(f"gpt2/{name}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != remote.sha256:
         raise SLMError(f"{path} differs from GPT-2's published file (sha256 mismatch); "
                        "restore it with: git checkout data/gpt2")
     return path
