@@ -131,3 +131,17 @@ def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: 
     if state is not None:
         trainer.load_state_dict(state)
     return trainer
+
+
+def train_or_load(name_or_path: str | Path, out_dir: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
+                  device: torch.device | str = "cpu", plot=None, progress: bool = True) -> Trainer:
+    """A trained model for lessons that need one: resume the run in ``out_dir`` (finishing it if it
+    stopped early, doing nothing if it is complete), or train it from scratch there."""
+    from .device import seed_everything
+
+    run = load_config(name_or_path, overrides)
+    last = Path(out_dir) / "last.pt"
+    seed_everything(run.train.seed)
+    trainer = build_trainer(run, out_dir=out_dir, device=device, resume_from=last if last.is_file() else None)
+    trainer.fit(plot=plot, progress=progress)
+    return trainer
