@@ -1,0 +1,56 @@
+"""The course's promises about its notebooks that a reader checks by eye, checked by machine."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+BADGE = "https://colab.research.google.com/github/slm-course/build-a-gpt/blob/main/notebooks/{}"
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_notebooks_are_numbered_from_zero_without_gaps():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(len(numbers))) and numbers
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shape(path):
+    cells = _cells(path)
+    title = _source(cells[0])
+    assert cells[0]["cell_type"] == "markdown" and title.startswith(f"# Lesson {int(path.name[:2])} ")
+    assert BADGE.format(path.name) in title, "the Colab badge must open this very notebook"
+    setup = _source(cells[1])
+    assert '"google.colab" in sys.modules' in setup and "pip install" in setup
+    code = "\n".join(_source(c) for c in cells if c["cell_type"] == "code")
+    assert "budget(" in code or path.name.startswith("00_"), "one visible quick-mode line"
+    markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
+    assert "## Exercises" in markdown and "Solution" in markdown
+    assert any(c.get("outputs") for c in cells if c["cell_type"] == "code"), "commit the outputs of a full run"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_are_clean(path):
+    for i, cell in enumerate(_cells(path)):
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"cell {i} committed with an error"
+            text = json.dumps(out.get("text", "")) + json.dumps(out.get("data", {}).get("text/plain", ""))
+            assert not re.search(r"/(work|tmp|root|home|Users)/[\w.-]+", text), f"cell {i} shows a machine path"
+            assert not re.search(r" at 0x[0-9a-f]{6,}", text), f"cell {i} shows a memory address"
+
+
+def test_readme_links_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        assert f"(notebooks/{path.name})" in readme
+        assert BADGE.format(path.name) in readme
