@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -22,11 +20,15 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:  # a failed save (disk full, Ctrl-C) leaves no half-written temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -36,7 +38,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SLMError(f"checkpoint {path} does not exist; train first or check the path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except PermissionError:
+        raise SLMError(f"cannot read checkpoint {path}: permission denied") from None
+    except Exception as err:  # garbage bytes fail in many ways (UnpicklingError, KeyError, struct.error, ...)
         raise SLMError(f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__}); "
                        "use another checkpoint (best.pt / last.pt) or retrain") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):

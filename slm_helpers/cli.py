@@ -46,8 +46,9 @@ def train(args: argparse.Namespace) -> None:
     from .config import build_trainer, load_config
     from .device import pick_device, seed_everything
 
-    overrides = list(args.set) + ([f"data={args.data}"] if args.data else [])
-    run = load_config(args.preset or args.config, overrides)
+    run = load_config(args.preset or args.config, args.set)
+    if args.data:  # set as is: through YAML, a path such as "notes #2.txt" would lose its end
+        run.data = args.data
     out_dir = Path(args.out or Path("runs") / run.name)
     last = out_dir / "last.pt"
     if args.resume and not last.is_file():

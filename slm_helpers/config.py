@@ -69,7 +69,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         *parents, leaf = key.strip().split(".")
         target = raw
         for part in parents:
-            target = target.setdefault(part, {})
+            if target.get(part) is None:
+                target[part] = {}
+            if not isinstance(target[part], dict):
+                raise SLMError(f"override {override!r}: {part!r} is not a section with keys; "
+                               "use section.key=value only for model and train")
+            target = target[part]
         target[leaf] = yaml.safe_load(value)
     raw.setdefault("name", path.stem)
     return _build(raw, source=str(path))
@@ -82,6 +87,9 @@ def _build(raw: dict, source: str) -> RunConfig:
         raise SLMError(f"unknown key(s) {', '.join(unknown)} in {source}; known keys: {', '.join(sorted(known))}")
     if raw.get("tokenizer", "char") not in TOKENIZERS:
         raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {raw['tokenizer']!r} in {source}")
+    val_fraction = raw.get("val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise SLMError(f"val_fraction in {source} must be a number between 0 and 1, got {val_fraction!r}")
     model_fields = {f.name: f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
     model = _checked(raw.get("model") or {}, model_fields, "model", source)
     train = _checked(raw.get("train") or {}, {f.name: f for f in dataclasses.fields(TrainConfig)}, "train", source)

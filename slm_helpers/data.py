@@ -8,7 +8,9 @@ source into a cache folder, checks its size and SHA-256, and reuses it from then
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -99,13 +101,13 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or size
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            announced = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=announced or size, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, ConnectionError) as err:
         part.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
         raise SLMError(
@@ -113,6 +115,9 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int
             f"URL on another machine and put the file at {dest} (or in the folder named by SLM_DATA_DIR)"
         ) from None
     got = part.stat().st_size
+    if announced and got != announced:  # the server closed the connection early
+        part.unlink()
+        raise SLMError(f"download of {dest.name} stopped after {got:,} of {announced:,} bytes; run again to retry")
     if size is not None and got != size:
         part.unlink()
         raise SLMError(f"download of {dest.name} has {got:,} bytes, expected {size:,}; run again to retry")
@@ -145,7 +150,11 @@ def strip_gutenberg(text: str) -> str:
     if start == -1 or end == -1:
         return text
     body_start = text.index("\n", start) + 1
-    return text[body_start:end].strip() + "\n"
+    body = text[body_start:end].strip()
+    # Some eBooks (#1228, Darwin) open with Gutenberg's note on their other editions: not the author's words.
+    body = re.sub(r"\AThere are several editions of this ebook in the Project Gutenberg collection\..*?\n{3,}",
+                  "", body, flags=re.DOTALL | re.IGNORECASE)
+    return body + "\n"
 
 
 def load_text(name_or_path: str | Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 
 from ..errors import SLMError
@@ -40,10 +41,13 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         try:
-            return "".join(self.chars[i] for i in ids)
-        except (IndexError, TypeError):
-            bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < self.vocab_size)]
-            raise SLMError(f"ids {bad[:10]} are outside the vocabulary (0..{self.vocab_size - 1})") from None
+            ids = [operator.index(i) for i in ids]  # ints, or a tensor / NumPy array of them
+        except TypeError:
+            raise SLMError(f"ids must be integers, got {ids!r:.80}") from None
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]  # a negative id must not wrap around
+        if bad:
+            raise SLMError(f"ids {bad[:10]} are outside the vocabulary (0..{self.vocab_size - 1})")
+        return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
         return {"type": "char", "chars": self.chars}

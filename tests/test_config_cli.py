@@ -1,0 +1,245 @@
+"""config.py and cli.py: presets, overrides, key and type checks; the command line end to end."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slm_helpers.checkpoint import load_checkpoint
+from slm_helpers.cli import main
+from slm_helpers.config import PRESET_DIR, RunConfig, build_trainer, list_presets, load_config
+from slm_helpers.errors import SLMError
+from slm_helpers.model import GPTConfig
+from slm_helpers.train import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+POEM = ("Twinkle, twinkle, little star,\nHow I wonder what you are!\n"
+        "Up above the world so high,\nLike a diamond in the sky.\n\n")
+
+TINY_YAML = """\
+# A 2-layer, 32-wide model: seconds on a CPU.
+data: shakespeare
+tokenizer: char
+val_fraction: 0.1
+model: {n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, dropout: 0.0}
+train: {max_iters: 20, batch_size: 8, learning_rate: 1.0e-2, min_lr: 1.0e-3, warmup_iters: 2,
+        eval_interval: 10, eval_iters: 2}
+"""
+
+
+# ---------------------------------------------------------------- config
+
+def test_every_shipped_preset_loads():
+    presets = list_presets()
+    assert presets == sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) and "shakespeare-char-cpu" in presets
+    for name in presets:
+        run = load_config(name)
+        assert isinstance(run, RunConfig) and isinstance(run.train, TrainConfig) and run.name == name
+        GPTConfig(vocab_size=65, **run.model)  # every model section is a valid GPT shape
+        assert run.tokenizer == "char" and run.data in ("shakespeare", "darwin")
+
+
+def test_overrides():
+    run = load_config("shakespeare-char-cpu", ["train.max_iters=5", "model.dropout=0.1", "train.learning_rate=1e-3",
+                                               "model.bias=true", "data=my.txt", "name=tiny", "val_fraction=0.2"])
+    assert run.train.max_iters == 5 and run.model["dropout"] == 0.1 and run.train.learning_rate == 1e-3
+    assert run.model["bias"] is True and run.data == "my.txt" and run.name == "tiny" and run.val_fraction == 0.2
+    assert run.model["n_layer"] == 4  # untouched keys keep the preset's values
+    run = load_config("shakespeare-char-cpu", ["train.min_lr=0"])  # an int where a float is expected
+    assert run.train.min_lr == 0.0 and type(run.train.min_lr) is float
+
+
+@pytest.mark.parametrize("override, named", [
+    ("colour=blue", "colour"),
+    ("model.n_layers=2", "n_layers"),
+    ("train.max_iter=5", "max_iter"),
+    ("model.n_layer=two", "model.n_layer"),
+    ("model.n_layer=2.5", "model.n_layer"),
+    ("model.dropout=high", "model.dropout"),
+    ("model.bias=3", "model.bias"),
+    ("train.max_iters=5.5", "train.max_iters"),
+    ("train.max_iters=", "train.max_iters"),
+    ("train.learning_rate=fast", "train.learning_rate"),
+    ("train.seed=[1]", "train.seed"),
+    ("tokenizer=bpe", "tokenizer"),
+    ("val_fraction=lots", "val_fraction"),
+    ("val_fraction=1.5", "val_fraction"),
+    ("data.path=x.txt", "data"),
+    ("model=3", "model"),
+    ("train.max_iters", "key=value"),
+    ("train.max_iters=0", "max_iters"),
+    ("model.n_head=5", "divisible"),
+])
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(SLMError, match=named) as err:
+        run = load_config("shakespeare-char-cpu", [override])
+        GPTConfig(vocab_size=65, **run.model)  # shape errors surface when the model is built
+    assert "\n" not in str(err.value)
+
+
+def test_config_files(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    run = load_config(path)
+    assert run.name == "tiny" and run.model["n_embd"] == 32 and run.train.eval_interval == 10
+    for content, match in [("model: [1, 2]\n", "mapping"), ("- a\n- b\n", "mapping"), ("model: {n_layer: 2\n", "YAML"),
+                           ("train:\n  warmup: 3\n", "warmup")]:
+        path.write_text(content)
+        with pytest.raises(SLMError, match=match):
+            load_config(path)
+    with pytest.raises(SLMError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(SLMError, match="unknown preset 'nope'"):
+        load_config("nope")
+
+
+def test_build_trainer(tmp_path):
+    data = tmp_path / "poem.txt"
+    data.write_text(POEM * 10)
+    run = load_config("shakespeare-char-cpu", [f"data={data}", "model.n_layer=1", "model.n_embd=16",
+                                               "model.block_size=8", "train.max_iters=2"])
+    trainer = build_trainer(run)
+    assert trainer.tokenizer.chars == sorted(set(POEM))
+    assert trainer.model.config.vocab_size == len(set(POEM)) and trainer.model.config.n_layer == 1
+    assert len(trainer.splits["train"]) == int(len(POEM * 10) * 0.9)
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run through the CLI, shared by the tests that sample from it."""
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "tiny.yaml").write_text(TINY_YAML)
+    (tmp / "poem.txt").write_text(POEM * 30, encoding="utf-8")
+    rc = main(["train", "--config", str(tmp / "tiny.yaml"), "--data", str(tmp / "poem.txt"),
+               "--out", str(tmp / "run"), "--device", "cpu"])
+    assert rc == 0
+    return tmp
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_train_writes_checkpoints(trained):
+    assert sorted(p.name for p in (trained / "run").iterdir()) == ["best.pt", "last.pt"]
+    state = load_checkpoint(trained / "run" / "last.pt")
+    assert state["step"] == 20 and [h["step"] for h in state["history"]] == [0, 10, 20]
+    assert state["tokenizer"]["chars"] == sorted(set(POEM))  # trained on --data, not the config's corpus
+    assert state["model_config"]["n_embd"] == 32 and state["history"][-1]["val"] < state["history"][0]["val"]
+
+
+def test_cli_sample_starts_with_the_prompt_and_repeats_with_a_seed(trained, capsys):
+    base = ["sample", "--checkpoint", str(trained / "run" / "best.pt"), "--prompt", "Twinkle",
+            "--max-new-tokens", "40", "--device", "cpu"]
+    rc, out, err = _run(capsys, *base, "--seed", "1")
+    assert rc == 0 and err == ""
+    assert out.startswith("Twinkle") and len(out) == len("Twinkle") + 40 + 1  # the text and print's newline
+    assert _run(capsys, *base, "--seed", "1")[1] == out
+    other = _run(capsys, *base, "--seed", "2")[1]
+    assert other.startswith("Twinkle") and other != out
+    assert _run(capsys, *base, "--seed", "1", "--top-k", "3", "--top-p", "0.9")[1].startswith("Twinkle")
+
+
+def test_cli_prompt_longer_than_the_context_is_cropped(trained, capsys):
+    prompt = POEM * 2  # 230 characters, the context is 16
+    rc, out, err = _run(capsys, "sample", "--checkpoint", str(trained / "run" / "last.pt"), "--prompt", prompt,
+                        "--max-new-tokens", "10", "--seed", "0")
+    assert rc == 0 and out.startswith(prompt) and len(out) == len(prompt) + 10 + 1
+
+
+def test_cli_resume_continues_the_run(trained, capsys, tmp_path):
+    import shutil
+
+    out_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", out_dir)
+    rc, out, err = _run(capsys, "train", "--config", str(trained / "tiny.yaml"), "--data", str(trained / "poem.txt"),
+                        "--out", str(out_dir), "--resume", "--set", "train.max_iters=30")
+    assert rc == 0, err
+    state = load_checkpoint(out_dir / "last.pt")
+    assert state["step"] == 30 and [h["step"] for h in state["history"]] == [0, 10, 20, 30]
+    assert len(state["step_losses"]) == 30
+
+
+def _assert_one_line_error(rc, err, *fragments):
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_cli_errors_in_train(trained, capsys, tmp_path):
+    config = str(trained / "tiny.yaml")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--data", str(tmp_path / "missing.txt"),
+                                 "--out", str(tmp_path / "a"))[::2], "missing.txt", "does not exist")
+    (tmp_path / "empty.txt").write_text("")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--data", str(tmp_path / "empty.txt"),
+                                 "--out", str(tmp_path / "b"))[::2], "empty")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--data", str(trained / "poem.txt"),
+                                 "--out", str(tmp_path / "c"), "--resume")[::2], "nothing to resume")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--data", str(trained / "poem.txt"),
+                                 "--out", str(trained / "run"))[::2], "already holds a run", "--resume")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--set", "model.n_layers=1",
+                                 "--out", str(tmp_path / "d"))[::2], "n_layers")
+    _assert_one_line_error(*_run(capsys, "train", "--config", config, "--device", "tpu",
+                                 "--out", str(tmp_path / "e"))[::2], "tpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_cli_data_path_is_taken_literally(trained, capsys, tmp_path):
+    odd = tmp_path / "notes #2: draft.txt"  # through YAML, " #2..." would be read as a comment
+    odd.write_text(POEM * 30)
+    rc, out, err = _run(capsys, "train", "--config", str(trained / "tiny.yaml"), "--data", str(odd),
+                        "--out", str(tmp_path / "run"), "--set", "train.max_iters=1", "--set", "train.eval_interval=1")
+    assert rc == 0, err
+
+
+def test_cli_errors_in_sample(trained, capsys, tmp_path):
+    best = str(trained / "run" / "best.pt")
+    _assert_one_line_error(*_run(capsys, "sample", "--checkpoint", best, "--prompt", "Twinkle €")[::2],
+                           "'€'", "not in the vocabulary")
+    broken = tmp_path / "broken.pt"
+    data = (trained / "run" / "best.pt").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    _assert_one_line_error(*_run(capsys, "sample", "--checkpoint", str(broken))[::2], "broken.pt", "truncated")
+    _assert_one_line_error(*_run(capsys, "sample", "--checkpoint", str(tmp_path / "none.pt"))[::2], "does not exist")
+    for option, value, name in [("--top-p", "0", "top_p"), ("--temperature", "-1", "temperature"),
+                                ("--top-k", "0", "top_k"), ("--max-new-tokens", "-5", "max_new_tokens")]:
+        _assert_one_line_error(*_run(capsys, "sample", "--checkpoint", best, option, value)[::2], name)
+
+
+def test_cli_usage_errors_exit_with_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train"])  # neither --preset nor --config
+    assert exit_.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_python_m_help():
+    result = subprocess.run([sys.executable, "-m", "slm_helpers", "--help"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "sample" in result.stdout and result.stdout.startswith("usage:")
+
+
+def test_cli_sample_runs_on_the_loaded_weights(trained):
+    """Greedy output of the CLI path equals a greedy decode done by hand with the checkpoint's weights."""
+    from slm_helpers.checkpoint import load_model
+
+    model, tok, _ = load_model(trained / "run" / "best.pt")
+    ids = torch.tensor([tok.encode("How")])
+    for _ in range(5):
+        ids = torch.cat([ids, model(ids[:, -16:])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    import io
+    from contextlib import redirect_stdout
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["sample", "--checkpoint", str(trained / "run" / "best.pt"), "--prompt", "How",
+                     "--temperature", "0", "--max-new-tokens", "5"]) == 0
+    assert buffer.getvalue() == tok.decode(ids[0].tolist()) + "\n"

@@ -1,0 +1,233 @@
+"""model.py: config checks, the teaching attention == the fused attention, the GPT's shape, init and errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slm_helpers.errors import SLMError
+from slm_helpers.model import (
+    GPT,
+    AttentionLM,
+    CausalSelfAttention,
+    FeedForward,
+    GPTConfig,
+    Head,
+    MultiHeadAttention,
+    causal_mask,
+    masked_attention,
+)
+
+# float32 attention on the CPU: the explicit and fused paths differ only by rounding, ~1e-7 here.
+ATOL = 1e-6
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(n_embd=30, n_head=4), "divisible"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(vocab_size=-1), "vocab_size"),
+    (dict(block_size=2.5), "block_size"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=-0.1), "dropout"),
+])
+def test_config_validation(kwargs, key):
+    with pytest.raises(SLMError, match=key):
+        GPTConfig(**kwargs)
+
+
+def _reference_head(x, wq, wk, wv):
+    """One causal head written as loops over positions: the definition, nothing fused or masked."""
+    B, T, _ = x.shape
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
+    out = torch.zeros(B, T, v.size(-1), dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            scores = torch.stack([q[b, t] @ k[b, s] for s in range(t + 1)]) / math.sqrt(k.size(-1))
+            weights = torch.softmax(scores, dim=0)
+            out[b, t] = sum(weights[s] * v[b, s] for s in range(t + 1))
+    return out
+
+
+def test_head_matches_the_loop_definition():
+    torch.manual_seed(0)
+    head = Head(n_embd=8, head_size=4, block_size=6).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    expected = _reference_head(x, head.query.weight, head.key.weight, head.value.weight)
+    out, weights = head(x, return_weights=True)
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.equal(weights.triu(1), torch.zeros_like(weights))
+
+
+def test_masked_attention_with_equal_keys_averages_the_past():
+    # Identical keys give identical scores: each position averages the values of positions 0..t.
+    T = 4
+    q, k = torch.randn(1, T, 3), torch.ones(1, T, 3)
+    v = torch.arange(T, dtype=torch.float32).view(1, T, 1)
+    out, weights = masked_attention(q, k, v, causal_mask(T))
+    assert torch.allclose(out.flatten(), torch.tensor([0.0, 0.5, 1.0, 1.5]))
+    assert torch.allclose(weights[0, 2], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))
+
+
+@pytest.mark.parametrize("B, T, C, H, block", [(1, 1, 8, 1, 4), (2, 5, 16, 4, 8), (3, 16, 32, 2, 16), (2, 7, 12, 3, 9)])
+def test_multi_head_attention_equals_causal_self_attention(B, T, C, H, block):
+    torch.manual_seed(B * 100 + T)
+    mha = MultiHeadAttention(C, H, block, dropout=0.0).eval()
+    csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=block, n_layer=1, n_head=H, n_embd=C,
+                                        dropout=0.0)).eval()
+    csa.load_heads(mha)
+    x = torch.randn(B, T, C)
+    expected = mha(x)
+    assert csa.fused
+    assert torch.allclose(csa(x), expected, atol=ATOL)  # fused scaled_dot_product_attention
+    csa.fused = False
+    assert torch.allclose(csa(x), expected, atol=ATOL)  # the explicit path
+    y, weights = csa(x, return_weights=True)
+    assert torch.allclose(y, expected, atol=ATOL)
+    assert weights.shape == (B, H, T, T)
+    for h, head in enumerate(mha.heads):  # head h of the fused module is teaching head h
+        assert torch.allclose(weights[:, h], head(x, return_weights=True)[1], atol=ATOL)
+
+
+@pytest.mark.xfail(strict=True, reason="model.py bug: load_heads leaves c_attn.bias as nn.Linear initialised it "
+                                       "(random), while teaching heads have no bias; it should zero it")
+def test_load_heads_with_bias():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, 8, dropout=0.0, bias=True).eval()
+    csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=8, n_layer=1, n_head=4, n_embd=16,
+                                        dropout=0.0, bias=True)).eval()
+    csa.load_heads(mha)
+    x = torch.randn(2, 8, 16)
+    assert torch.allclose(csa(x), mha(x), atol=ATOL)
+
+
+def test_fused_and_explicit_paths_agree_in_a_gpt(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    idx = torch.randint(0, tiny_config.vocab_size, (3, 8))
+    fused = model(idx)[0]
+    for block in model.transformer.h:
+        block.attn.fused = False
+    assert torch.allclose(model(idx)[0], fused, atol=ATOL)
+
+
+def test_weight_tying(tiny_config):
+    model = GPT(tiny_config)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    assert model.transformer.wte.weight.data_ptr() == model.lm_head.weight.data_ptr()
+    with torch.no_grad():
+        model.lm_head.weight[3, 5] = 7.0
+    assert model.transformer.wte.weight[3, 5].item() == 7.0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_num_params_hand_formula(bias):
+    V, T, L, C = 65, 32, 3, 48
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C, bias=bias))
+    # per block: c_attn 3C*C, attn c_proj C*C, c_fc 4C*C, mlp c_proj 4C*C = 12 C^2, plus two LayerNorm gains.
+    per_block = 12 * C * C + 2 * C
+    final_ln = C
+    if bias:  # biases: c_attn 3C, c_proj C, c_fc 4C, c_proj C; LayerNorm biases 2C per block, C at the end
+        per_block += 3 * C + C + 4 * C + C + 2 * C
+        final_ln += C
+    total = V * C + T * C + L * per_block + final_ln  # wte counted once: lm_head shares it
+    assert model.num_params(non_embedding=False) == total
+    assert model.num_params() == total - T * C
+
+
+def test_gpt2_scaled_init():
+    torch.manual_seed(0)
+    L, C = 4, 64
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=L, n_head=4, n_embd=C))
+    proj = torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")])
+    other = torch.cat([p.flatten() for n, p in model.named_parameters()
+                       if n.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight"))])
+    assert proj.numel() == L * (C * C + 4 * C * C)  # attention and MLP output projections of every block
+    # The sample std of n normal draws has relative standard error ~ 1/sqrt(2n): < 0.3% here, so 3% is ~10 SE.
+    expected = 0.02 / math.sqrt(2 * L)
+    assert proj.std().item() == pytest.approx(expected, rel=0.03)
+    assert abs(proj.mean().item()) < 5 * expected / math.sqrt(proj.numel())
+    assert other.std().item() == pytest.approx(0.02, rel=0.03)
+    for n, p in model.named_parameters():
+        if n.endswith("ln_1.weight") or n.endswith("ln_f.weight"):
+            assert torch.equal(p, torch.ones_like(p))
+
+
+def test_forward_shapes_loss_and_context_limit(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, 20, (2, 8))
+    targets = torch.randint(0, 20, (2, 8))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 8, 20)
+    # Small init: logits have std ~ 0.02 * sqrt(n_embd) ~ 0.08, so on targets unrelated to the input the
+    # loss is within a hair of ln(V). (Not targets == idx: tied weights favour repeating the input token.)
+    assert loss.item() == pytest.approx(math.log(20), abs=0.05)
+    assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 20), targets.view(-1)))
+    assert model(idx[:, :3])[0].shape == (2, 3, 20)
+    assert model(idx)[1] is None
+    with pytest.raises(SLMError, match="longer than the model's context"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_gpt_is_causal(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    idx = torch.randint(0, 20, (1, 8))
+    changed = idx.clone()
+    changed[0, 5:] = (changed[0, 5:] + 1) % 20
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.equal(a[:, :5], b[:, :5])  # the future cannot change the past
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_attention_maps(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    idx = torch.randint(0, 20, (3, 6))
+    maps = model.attention_maps(idx)
+    assert maps.shape == (2, 3, 2, 6, 6)  # (n_layer, B, n_head, T, T)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 3, 2, 6), atol=1e-6)
+    assert torch.equal(maps.triu(1), torch.zeros_like(maps))
+    assert (maps[..., causal_mask(6)] > 0).all()  # softmax never gives exactly 0 to a visible position
+    # Layer 0's map is the first block's attention of the embedded, normalised input.
+    block = model.transformer.h[0]
+    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(6))
+    assert torch.allclose(maps[0], block.attn(block.ln_1(x), return_weights=True)[1], atol=ATOL)
+
+
+@pytest.mark.xfail(strict=True, reason="model.py bug: attention_maps does not switch to eval mode, so in "
+                                       "training mode with dropout > 0 the maps are dropped out (rows != 1)")
+def test_attention_maps_ignore_dropout_in_training_mode():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    assert model.training
+    maps = model.attention_maps(torch.randint(0, 20, (1, 8)))
+    assert torch.allclose(maps.sum(-1), torch.ones(1, 1, 2, 8), atol=1e-6)
+
+
+@pytest.mark.parametrize("n_head, feed_forward", [(1, False), (4, True)])
+def test_attention_lm(n_head, feed_forward):
+    torch.manual_seed(0)
+    model = AttentionLM(vocab_size=11, n_embd=16, block_size=8, n_head=n_head, feed_forward=feed_forward).eval()
+    assert model.block_size == 8
+    assert isinstance(model.attention, Head if n_head == 1 else MultiHeadAttention)
+    assert isinstance(model.feed_forward, FeedForward if feed_forward else torch.nn.Identity)
+    idx = torch.randint(0, 11, (2, 8))
+    targets = torch.randint(0, 11, (2, 8))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 8, 11)
+    assert torch.allclose(loss, F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)))
+    changed = idx.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 11
+    assert torch.allclose(model(changed)[0][:, :-1], logits[:, :-1], atol=ATOL)  # causal
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_feed_forward_is_per_position():
+    torch.manual_seed(0)
+    ff = FeedForward(8).eval()
+    x = torch.randn(2, 5, 8)
+    assert torch.allclose(ff(x)[:, 2], ff(x[:, 2:3])[:, 0], atol=ATOL)
+    assert ff.c_fc.out_features == 32
