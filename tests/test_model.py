@@ -89,8 +89,6 @@ def test_multi_head_attention_equals_causal_self_attention(B, T, C, H, block):
         assert torch.allclose(weights[:, h], head(x, return_weights=True)[1], atol=ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py bug: load_heads leaves c_attn.bias as nn.Linear initialised it "
-                                       "(random), while teaching heads have no bias; it should zero it")
 def test_load_heads_with_bias():
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 4, 8, dropout=0.0, bias=True).eval()
@@ -196,8 +194,6 @@ def test_attention_maps(tiny_config):
     assert torch.allclose(maps[0], block.attn(block.ln_1(x), return_weights=True)[1], atol=ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py bug: attention_maps does not switch to eval mode, so in "
-                                       "training mode with dropout > 0 the maps are dropped out (rows != 1)")
 def test_attention_maps_ignore_dropout_in_training_mode():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5))

@@ -180,9 +180,6 @@ def test_resume_with_another_model_config_names_the_key(runs):
         other.resume(runs["tmp"] / "a" / "last.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="train.py bug: _evaluate saves last.pt/best.pt BEFORE updating best_val, so "
-                                       "checkpoints hold a stale best_val and a resumed run can overwrite best.pt "
-                                       "with a worse model")
 def test_checkpoint_best_val_is_the_best_so_far(runs):
     for name in ("last.pt", "best.pt"):
         state = load_checkpoint(runs["tmp"] / "a" / name)
