@@ -180,11 +180,12 @@ class Trainer:
         self.history.append({"step": self.step, **losses, "lr": lr_at(self.step, self.cfg),
                              "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
                              "tokens_per_sec": tokens_per_sec})
+        improved = losses["val"] < self.best_val
+        self.best_val = min(self.best_val, losses["val"])  # before saving, so checkpoints hold the true best
         if self.out_dir is not None and hasattr(self.model, "config"):
             save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
-            if losses["val"] < self.best_val:
+            if improved:
                 save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
-        self.best_val = min(self.best_val, losses["val"])
 
     # ------------------------------------------------------------------ checkpoints
 
