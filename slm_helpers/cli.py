@@ -1,6 +1,8 @@
 """Command line: train a preset or a YAML config on any text file, resume it, sample from it.
 
     python -m slm_helpers train --preset shakespeare-char-cpu [--data FILE] [--out DIR] [--resume]
+    python -m slm_helpers train --config my.yaml --set train.max_iters=2000 --set train.dtype=bfloat16
+    torchrun --nproc_per_node 4 -m slm_helpers train --preset tinystories-small   # data parallel (DDP)
     python -m slm_helpers sample --checkpoint runs/shakespeare-char-cpu/best.pt --prompt "ROMEO:"
 
 Bad input ends the program with one line on stderr and exit status 2, never a traceback.
@@ -43,6 +45,7 @@ def _sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .config import build_trainer, load_config
     from .device import pick_device, seed_everything
 
@@ -56,14 +59,23 @@ def train(args: argparse.Namespace) -> None:
     if not args.resume and last.is_file():
         raise SLMError(f"{out_dir} already holds a run; add --resume to continue it or pass a new --out")
     device = pick_device(args.device)
-    seed_everything(run.train.seed)
-    trainer = build_trainer(run, out_dir=out_dir, device=device, resume_from=last if args.resume else None)
-    print(f"{run.name}: {trainer.model.num_params() / 1e6:.2f}M parameters, {device}, "
-          f"{len(trainer.splits['train']):,} training tokens, checkpoints in {out_dir}")
-    history = trainer.fit()
-    print(f"done: step {history[-1]['step']}, val loss {history[-1]['val']:.4f}, best {trainer.best_val:.4f}, "
-          f"{trainer.train_seconds:.0f}s of training; sample with:\n"
-          f"  python -m slm_helpers sample --checkpoint {out_dir / 'best.pt'}")
+    if distributed.launched_by_torchrun():
+        device = distributed.setup(device)
+    try:
+        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
+        seed_everything(run.train.seed)
+        trainer = build_trainer(run, out_dir=out_dir, device=device, resume_from=last if args.resume else None)
+        if distributed.is_main():
+            print(f"{run.name}: {trainer.model.num_params() / 1e6:.2f}M parameters, {device} x {trainer.world_size}, "
+                  f"{len(trainer.splits['train']):,} training tokens, {trainer.tokens_per_step:,} tokens per step, "
+                  f"checkpoints in {out_dir}")
+        history = trainer.fit()
+        if distributed.is_main():
+            print(f"done: step {history[-1]['step']}, val loss {history[-1]['val']:.4f}, best {trainer.best_val:.4f}, "
+                  f"{trainer.train_seconds:.0f}s of training; sample with:\n"
+                  f"  python -m slm_helpers sample --checkpoint {out_dir / 'best.pt'}")
+    finally:
+        distributed.shutdown()
 
 
 def sample(args: argparse.Namespace) -> None:

@@ -3,11 +3,13 @@
 A config names the data, the tokenizer, the model shape and the training recipe::
 
     data: shakespeare        # a corpus name (see slm_helpers.data.CORPORA) or a UTF-8 text file
-    tokenizer: char
+    tokenizer: char          # or gpt2: GPT-2's BPE, the text tokenized once into token files (tokens.py)
     model: {n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, dropout: 0.2}
     train: {max_iters: 5000, batch_size: 64, learning_rate: 1.0e-3}
 
-Every key is checked: a misspelt or mistyped one is an error that names it.
+Every key is checked: a misspelt or mistyped one is an error that names it. With ``tokenizer: gpt2``
+``data`` may also name a TinyStories dataset (``tinystories``, ``tinystories-valid``; see tokens.DATASETS)
+or a folder of prepared token files.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from . import distributed
 from .data import load_text, train_val_split
 from .errors import SLMError
 from .model import GPT, GPTConfig
-from .tokenizers import CharTokenizer, tokenizer_from_dict
+from .tokenizers import CharTokenizer, gpt2_tokenizer, tokenizer_from_dict
+from .tokens import TokenFile, load_meta, token_dataset
 from .train import TrainConfig, Trainer
 
 PRESET_DIR = Path(__file__).parent / "configs"
-TOKENIZERS = ("char",)
+TOKENIZERS = ("char", "gpt2")
 
 
 @dataclass
@@ -129,16 +133,31 @@ def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: 
     """
     from .checkpoint import load_checkpoint
 
-    text = load_text(run.data)
     state = load_checkpoint(resume_from) if resume_from is not None else None
-    tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else CharTokenizer.from_text(text)
-    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    train_data, val_data = train_val_split(data, run.val_fraction)
+    if run.tokenizer == "gpt2":
+        tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else gpt2_tokenizer()
+        train_data, val_data = _token_files(run)
+    else:
+        text = load_text(run.data)
+        tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else CharTokenizer.from_text(text)
+        data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        train_data, val_data = train_val_split(data, run.val_fraction)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **run.model))
     trainer = Trainer(model, train_data, val_data, run.train, tokenizer=tokenizer, out_dir=out_dir, device=device)
     if state is not None:
         trainer.load_state_dict(state)
     return trainer
+
+
+def _token_files(run: RunConfig) -> tuple[TokenFile, TokenFile]:
+    """The GPT-2 token files of ``run.data``, tokenized on first use. Under torchrun one process
+    prepares them (and downloads what is needed) while the others wait, then all read the same files."""
+    folder = token_dataset(run.data, val_fraction=run.val_fraction) if distributed.is_main() else None
+    distributed.barrier()
+    folder = folder or token_dataset(run.data, val_fraction=run.val_fraction)
+    if load_meta(folder).get("tokenizer") != "gpt2":
+        raise SLMError(f"{folder} holds tokens of another tokenizer; prepare {run.data} with tokenizer: gpt2")
+    return TokenFile(folder / "train.bin"), TokenFile(folder / "val.bin")
 
 
 def train_or_load(name_or_path: str | Path, out_dir: str | Path, *, overrides: list[str] | tuple[str, ...] = (),

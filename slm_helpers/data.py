@@ -31,7 +31,7 @@ class RemoteFile:
     """Where a data file comes from and how to know we got exactly that file."""
 
     url: str
-    sha256: str
+    sha256: str | None  # None where no hash is published: the size still catches a truncated file
     size: int
 
 
@@ -76,14 +76,17 @@ def _search_dirs() -> list[Path]:
     return dirs + [REPO_DATA_DIR, CACHE_DIR]
 
 
-def data_path(filename: str) -> Path:
-    """Path of a known data file, downloading it into the cache on first use if it is missing."""
+def data_path(filename: str, remote: RemoteFile | None = None) -> Path:
+    """Path of a known data file, downloading it into the cache on first use if it is missing.
+
+    ``remote`` says where a file that is not in ``DATA_FILES`` comes from (TinyStories, see tokens.py).
+    """
     for folder in _search_dirs():
         if (folder / filename).is_file():
             return folder / filename
-    if filename not in DATA_FILES:
+    if remote is None and filename not in DATA_FILES:
         raise SLMError(f"unknown data file {filename!r}; known files: {', '.join(sorted(DATA_FILES))}")
-    remote = DATA_FILES[filename]
+    remote = remote or DATA_FILES[filename]
     return download(remote.url, _search_dirs()[0 if os.environ.get("SLM_DATA_DIR") else -1] / filename,
                     sha256=remote.sha256, size=remote.size)
 
@@ -92,30 +95,57 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int
              timeout: float = 30.0) -> Path:
     """Fetch ``url`` into ``dest`` with a progress bar; check size and SHA-256; never leave half a file.
 
-    The bytes go to ``dest.part`` first and are renamed only once they check out, so an
-    interrupted or corrupted download can simply be started again.
+    The bytes go to ``dest.part`` first and are renamed only once they check out. A transfer that
+    breaks off from a server that can resume (it answers ``Accept-Ranges: bytes``) keeps its
+    ``.part`` file, and the next call asks only for the missing bytes with an HTTP Range request:
+    a 2 GB download survives a dropped connection. A server that ignores the Range header sends
+    the whole file again (status 200 instead of 206), which simply starts the download over.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     digest = hashlib.sha256()
+    resumable = False
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if response.status == 206:  # Partial Content: only the bytes after the ones we have
+                with open(part, "rb") as done:
+                    while block := done.read(1 << 20):
+                        digest.update(block)
+            else:
+                have = 0
+            resumable = response.status == 206 or response.headers.get("Accept-Ranges") == "bytes"
             announced = int(response.headers.get("Content-Length") or 0)
-            with tqdm(total=announced or size, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            expected = have + announced if announced else size
+            with open(part, "ab" if have else "wb") as out, \
+                    tqdm(total=expected, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # Range Not Satisfiable: the .part is not a prefix of the file; start over
+            part.unlink()
+            return download(url, dest, sha256=sha256, size=size, timeout=timeout)
+        raise SLMError(f"could not download {dest.name} from {url} (HTTP {err.code} {err.reason})") from None
     except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, ConnectionError) as err:
-        part.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
+        if resumable and part.is_file() and part.stat().st_size > have:
+            raise SLMError(f"download of {dest.name} stopped after {part.stat().st_size:,} bytes ({reason}); "
+                           "run again to resume it") from None
+        if not have:
+            part.unlink(missing_ok=True)
         raise SLMError(
             f"could not download {dest.name} from {url} ({reason}); if you are offline, fetch that "
             f"URL on another machine and put the file at {dest} (or in the folder named by SLM_DATA_DIR)"
         ) from None
     got = part.stat().st_size
-    if announced and got != announced:  # the server closed the connection early
+    if announced and got != have + announced:  # the server closed the connection early
+        if resumable:
+            raise SLMError(f"download of {dest.name} stopped after {got:,} of {have + announced:,} bytes; "
+                           "run again to resume it")
         part.unlink()
         raise SLMError(f"download of {dest.name} stopped after {got:,} of {announced:,} bytes; run again to retry")
     if size is not None and got != size:
@@ -179,6 +209,15 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: torc
         raise SLMError(f"this split has {len(data):,} tokens but a window needs block_size + 1 = "
                        f"{block_size + 1:,}; use a smaller block_size or more text")
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    return batch_at(data, starts, block_size, device)
+
+
+def batch_at(data, starts: torch.Tensor, block_size: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of ``block_size`` tokens that begin at ``starts`` (x), and the same shifted by one (y).
+
+    ``data`` is a 1-D LongTensor, or anything that indexes like one, such as a ``tokens.TokenFile`` on disk.
+    """
     windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
     x, y = windows[:, :-1], windows[:, 1:]
     device = torch.device(device)

@@ -75,6 +75,24 @@ class LivePlot:
         plt.close(fig)  # the inline backend would otherwise draw it a second time
 
 
+def plot_metrics(run, *, ax=None, title: str | None = None):
+    """Redraw a run's loss curves from its ``metrics.jsonl`` (``run``: that file or the run's folder):
+    the training loss of every logged step, faint, under the evaluated train and val losses."""
+    from .metrics import read_metrics
+
+    records = read_metrics(run)
+    evals = [r for r in records if r["kind"] == "eval"]
+    steps = [r for r in records if r["kind"] == "train"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="grey", alpha=0.4, lw=1,
+                label="train (each logged step)")
+    later = [r for r in evals if r["step"] > 0]
+    tokens_per_step = later[0]["tokens"] // later[0]["step"] if later else None
+    return plot_losses(evals, tokens_per_step=tokens_per_step, ax=ax, title=title)
+
+
 def heatmap(matrix, *, row_labels=None, col_labels=None, ax=None, title: str | None = None,
             cmap: str = "Blues", annotate: bool = False, fmt: str = "{:.2f}", colorbar: bool = True):
     """Draw a matrix as a coloured grid, labelled by tokens (counts, probabilities, attention weights)."""

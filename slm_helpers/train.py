@@ -3,6 +3,12 @@
 A run can be stopped at any moment and resumed from its last checkpoint with the same result,
 bit for bit on the CPU, as if it had never stopped: the checkpoint holds the model, the optimizer,
 the step, the loss history and every random number generator the loop draws from.
+
+The recipes of lesson 8 are switched on in ``TrainConfig``: gradient accumulation (``grad_accum``),
+mixed precision (``dtype``), ``torch.compile`` (``compile``), the fused attention kernel
+(``fused_attention``), data parallelism over several processes (start under ``torchrun``: see
+distributed.py), the metrics log and Weights & Biases (``log_interval``, ``wandb``). Every
+evaluation records tokens per second and, on known GPUs, the model FLOPs utilisation (metrics.py).
 """
 
 from __future__ import annotations
@@ -10,22 +16,30 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import get_batch
+from .data import batch_at, get_batch
+from .device import supports_bf16
 from .errors import SLMError
+from .metrics import MetricsLog, flops_per_token, mfu, peak_flops
+from .model import CausalSelfAttention
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class TrainConfig:
     max_iters: int = 5000
-    batch_size: int = 64
+    batch_size: int = 64  # sequences per micro-batch (per process under torchrun)
     learning_rate: float = 1e-3
     min_lr: float = 1e-4  # the cosine schedule ends here
     warmup_iters: int = 100
@@ -33,21 +47,36 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99  # above 0.95: small batches make noisy gradients, a longer memory smooths them
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 turns clipping off
+    grad_accum: int = 1  # micro-batches per optimizer step, over all processes: a larger batch in the same memory
+    dtype: str = "float32"  # or "bfloat16", "float16" (mixed precision), "auto" (the best the device has)
+    compile: bool = False  # torch.compile the model: a slow first step, then faster ones (mostly on GPUs)
+    fused_attention: bool = True  # PyTorch's fused attention kernel; False: the explicit softmax(QK^T)V
     eval_interval: int = 250
     eval_iters: int = 100  # batches averaged per loss estimate
+    log_interval: int = 0  # also log the training loss every this many steps to metrics.jsonl; 0: only evaluations
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works)
+    wandb_project: str = "build-a-gpt"
     seed: int = 1337
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is bool and not isinstance(value, bool):
+                raise SLMError(f"TrainConfig.{f.name} must be true or false, got {value!r}")
+            if kind is str and not isinstance(value, str):
+                raise SLMError(f"TrainConfig.{f.name} must be a string, got {value!r}")
+            if kind in (int, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise SLMError(f"TrainConfig.{f.name} must be a number, got {value!r}")
-        for name in ("max_iters", "batch_size", "eval_interval", "eval_iters"):
+        for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
             if getattr(self, name) < 1:
                 raise SLMError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.log_interval < 0:
+            raise SLMError(f"TrainConfig.log_interval must be >= 0 (0: no per-step log), got {self.log_interval}")
         if not 0 < self.learning_rate < 1 or not 0 <= self.min_lr <= self.learning_rate:
             raise SLMError(f"need 0 < learning_rate < 1 and 0 <= min_lr <= learning_rate, "
                            f"got learning_rate={self.learning_rate}, min_lr={self.min_lr}")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise SLMError(f"TrainConfig.dtype must be one of {', '.join((*DTYPES, 'auto'))}, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,12 +98,36 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
 
 
+def autocast_dtype(name: str, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """The 16-bit type to autocast to on ``device`` (None: plain float32), and a note when the request
+    cannot be met as asked.
+
+    bfloat16 keeps float32's range, so it needs no loss scaling; GPUs before Ampere (T4, V100) lack it
+    and get float16 instead. float16 needs a CUDA GPU here (its gradient scaler and fast kernels);
+    elsewhere training falls back to float32. On a CPU bfloat16 is computed correctly, but only CPUs
+    with bfloat16 units (AMX, AVX512-BF16) are faster for it; "auto" keeps float32 there.
+    """
+    if name == "auto":
+        name = "bfloat16" if supports_bf16(device) and device.type == "cuda" else (
+            "float16" if device.type == "cuda" else "float32")
+    if name == "float32":
+        return None, None
+    if device.type == "cuda":
+        if name == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return torch.float16, "this GPU has no bfloat16: training in float16 with a gradient scaler"
+        return DTYPES[name], None
+    if device.type == "cpu" and name == "bfloat16":
+        return torch.bfloat16, None
+    return None, f"{name} training needs a CUDA GPU: training in float32 on {device.type}"
+
+
 @torch.no_grad()
-def estimate_loss(model: nn.Module, splits: dict[str, torch.Tensor], *, batch_size: int, block_size: int,
+def estimate_loss(model: nn.Module, splits: dict, *, batch_size: int, block_size: int,
                   eval_iters: int, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, float]:
     """Mean loss over ``eval_iters`` random batches of each split, in eval mode (no dropout).
 
@@ -97,11 +150,13 @@ def estimate_loss(model: nn.Module, splits: dict[str, torch.Tensor], *, batch_si
 class Trainer:
     """Trains a language model (anything called as ``model(x, y) -> (logits, loss)``).
 
-    ``fit`` evaluates every ``eval_interval`` steps; with an ``out_dir`` it writes ``last.pt``
-    after every evaluation and ``best.pt`` whenever the validation loss improves.
+    ``train_data`` and ``val_data`` are 1-D LongTensors of token ids or ``tokens.TokenFile``s on disk.
+    ``fit`` evaluates every ``eval_interval`` steps; with an ``out_dir`` it writes ``last.pt`` after
+    every evaluation, ``best.pt`` whenever the validation loss improves, and ``metrics.jsonl``.
+    Under torchrun (see distributed.py) it trains with DDP; only rank 0 writes and prints.
     """
 
-    def __init__(self, model: nn.Module, train_data: torch.Tensor, val_data: torch.Tensor, cfg: TrainConfig,
+    def __init__(self, model: nn.Module, train_data, val_data, cfg: TrainConfig,
                  *, tokenizer=None, out_dir: str | Path | None = None, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -110,13 +165,42 @@ class Trainer:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        if cfg.grad_accum % self.world_size:
+            raise SLMError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes "
+                           f"({self.world_size}): each process does the same number of micro-batches")
+        self.micro_steps = cfg.grad_accum // self.world_size  # this process's share of each step
+        self.amp_dtype, note = autocast_dtype(cfg.dtype, self.device)
+        if note and self.is_main:
+            print(f"note: {note}")
+        # float16 overflows above 65,504 and small gradients underflow to zero: the scaler multiplies
+        # the loss before backward and divides the gradients after, skipping steps that overflowed.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        for module in model.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.fused = cfg.fused_attention
         self.optimizer = make_optimizer(model, cfg, self.device)
+        # self.model stays the plain module (its state_dict, its eval); the wrappers only run steps.
+        self.fast_model = torch.compile(model) if cfg.compile else model
+        self.train_model = self.fast_model
+        if self.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.fast_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.batches = torch.Generator().manual_seed(cfg.seed)  # which windows training sees
         self.step = 0
         self.history: list[dict] = []  # one entry per evaluation
         self.step_losses: list[float] = []  # the training loss of every step
         self.best_val = math.inf
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0  # time spent in training steps (evaluation excluded)
+        self._marks = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) when each was last logged
+        self.flops_per_token = flops_per_token(model) if hasattr(model, "config") else None
+        self.peak_flops = peak_flops(self.device)
+        self.metrics = MetricsLog(
+            self.out_dir / "metrics.jsonl" if self.out_dir is not None and self.is_main else None,
+            wandb_project=cfg.wandb_project if cfg.wandb and self.is_main else None,
+            run_name=self.out_dir.name if self.out_dir is not None else None,
+            run_config={"train": cfg.to_dict(), "model": model.config.to_dict() if hasattr(model, "config") else {}})
         for name, data in self.splits.items():  # fail now, not after the first evaluation
             if len(data) < self.block_size + 1:
                 raise SLMError(f"the {name} split has {len(data):,} tokens, fewer than block_size + 1 = "
@@ -124,7 +208,14 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.block_size
+        """Tokens per optimizer step, over all micro-batches and processes."""
+        return self.cfg.batch_size * self.block_size * self.cfg.grad_accum
+
+    def autocast(self):
+        """Run the enclosed forward passes in the mixed-precision type (a no-op for float32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ the loop
 
@@ -132,27 +223,25 @@ class Trainer:
         """Train until step ``max_iters`` (default: the config's); returns the evaluation history."""
         max_iters = self.cfg.max_iters if max_iters is None else max_iters
         self.model.train()
-        bar = tqdm(total=max_iters, initial=self.step, disable=not progress, file=sys.stdout,
+        bar = tqdm(total=max_iters, initial=self.step, disable=not (progress and self.is_main), file=sys.stdout,
                    desc="training", unit="step", dynamic_ncols=True, mininterval=1.0)
-        tick, tokens_since = time.perf_counter(), 0
         while True:
             if self._should_evaluate(max_iters):
-                elapsed = time.perf_counter() - tick
-                self.train_seconds += elapsed
-                self._evaluate(tokens_per_sec=tokens_since / elapsed if tokens_since else None)
-                if plot is not None:
+                self._evaluate()
+                if plot is not None and self.is_main:
                     plot.update(self.history)
-                elif progress:
-                    last = self.history[-1]
-                    bar.write(f"step {last['step']:>6}: train {last['train']:.4f}, val {last['val']:.4f}")
-                tick, tokens_since = time.perf_counter(), 0
+                elif progress and self.is_main:
+                    bar.write(describe(self.history[-1]))
             if self.step >= max_iters:
                 break
             loss = self.train_step()
-            tokens_since += self.tokens_per_step
+            if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
+                self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
+                                    "tokens": self.step * self.tokens_per_step, **self._speed("train")})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
+        self.metrics.close()
         return self.history
 
     def _should_evaluate(self, max_iters: int) -> bool:
@@ -160,29 +249,63 @@ class Trainer:
         return not already and (self.step % self.cfg.eval_interval == 0 or self.step >= max_iters)
 
     def train_step(self) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; returns their mean loss."""
+        start = time.perf_counter()
         lr = lr_at(self.step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(self.splits["train"], self.cfg.batch_size, self.block_size, self.device, self.batches)
-        _, loss = self.model(x, y)
+        B, T, data = self.cfg.batch_size, self.block_size, self.splits["train"]
+        # Every process draws the start of every window of the step from the same generator, then keeps
+        # its own share: the run sees the same data whatever the number of processes, and resumes exactly.
+        starts = torch.randint(len(data) - T, (self.cfg.grad_accum * B,), generator=self.batches)
+        mine = starts.view(self.cfg.grad_accum, B)[self.rank * self.micro_steps:(self.rank + 1) * self.micro_steps]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        for i, micro in enumerate(mine):
+            x, y = batch_at(data, micro, T, self.device)
+            # DDP averages gradients across processes after each backward; only the last micro-step needs it.
+            last = i == self.micro_steps - 1
+            with nullcontext() if last or self.world_size == 1 else self.train_model.no_sync():
+                with self.autocast():
+                    _, loss = self.train_model(x, y)
+                # The gradients of the micro-batches add up; dividing each loss makes their sum the
+                # gradient of the mean loss over the whole batch, as one big batch would give.
+                loss = loss / self.micro_steps
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
         if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.world_size > 1:  # report the loss of the whole batch, not of this process's share
+            dist.all_reduce(total)
+            total /= self.world_size
         self.step += 1
-        self.step_losses.append(loss.item())
+        self.step_losses.append(total.item())  # .item() waits for the GPU, so the time below is real
+        self.train_seconds += time.perf_counter() - start
         return self.step_losses[-1]
 
-    def _evaluate(self, tokens_per_sec: float | None) -> None:
-        losses = estimate_loss(self.model, self.splits, batch_size=self.cfg.batch_size, block_size=self.block_size,
-                               eval_iters=self.cfg.eval_iters, device=self.device, seed=self.cfg.seed + self.step)
-        self.history.append({"step": self.step, **losses, "lr": lr_at(self.step, self.cfg),
-                             "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
-                             "tokens_per_sec": tokens_per_sec})
+    def _speed(self, mark: str) -> dict:
+        """Tokens per second and MFU since ``mark`` ("eval" or "train") was last logged; then move the mark."""
+        steps, seconds = self.step - self._marks[mark][0], self.train_seconds - self._marks[mark][1]
+        self._marks[mark] = (self.step, self.train_seconds)
+        tokens_per_sec = steps * self.tokens_per_step / seconds if steps and seconds > 0 else None
+        return {"tokens_per_sec": tokens_per_sec,
+                "mfu": mfu(tokens_per_sec, self.flops_per_token, self.peak_flops, self.world_size)}
+
+    def _evaluate(self) -> None:
+        with self.autocast():
+            losses = estimate_loss(self.fast_model, self.splits, batch_size=self.cfg.batch_size,
+                                   block_size=self.block_size, eval_iters=self.cfg.eval_iters, device=self.device,
+                                   seed=self.cfg.seed + self.step)
+        self.history.append({"step": self.step, **losses, "val_ppl": math.exp(losses["val"]) if losses["val"] < 700 else math.inf,
+                             "lr": lr_at(self.step, self.cfg), "tokens": self.step * self.tokens_per_step,
+                             "seconds": round(self.train_seconds, 2), **self._speed("eval")})
         improved = losses["val"] < self.best_val
-        self.best_val = min(self.best_val, losses["val"])  # before saving, so checkpoints hold the true best
-        if self.out_dir is not None and hasattr(self.model, "config"):
+        self.best_val = min(self.best_val, losses["val"])  # before saving: the checkpoints hold the new best
+        self.metrics.write({"kind": "eval", **self.history[-1]})
+        if self.out_dir is not None and hasattr(self.model, "config") and self.is_main:
             save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
             if improved:
                 save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
@@ -196,6 +319,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # float16's current loss scale; empty otherwise
             "step": self.step,
             "history": self.history,
             "step_losses": self.step_losses,
@@ -218,15 +342,30 @@ class Trainer:
                            + "); resume with the same preset, or train into a new --out folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         self.step_losses, self.best_val = state["step_losses"], state["best_val"]
         self.train_seconds = state["train_seconds"]
+        self._marks = {"eval": (self.step, self.train_seconds), "train": (self.step, self.train_seconds)}
         self.batches.set_state(state["rng"]["batches"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.is_main:
+            self.metrics.rewind(self.step)  # lines logged after this checkpoint are about to be logged again
 
     def resume(self, path: str | Path) -> Trainer:
         """Continue from the checkpoint at ``path`` (it must match this trainer's model config)."""
         self.load_state_dict(load_checkpoint(path))  # RNG states must stay on the CPU
         return self
+
+
+def describe(entry: dict) -> str:
+    """One line for an evaluation: losses, perplexity, speed."""
+    speed = ""
+    if entry.get("tokens_per_sec"):
+        share = f"{entry['mfu']:.1%}" if entry.get("mfu") is not None else "n/a"
+        speed = f", {entry['tokens_per_sec']:,.0f} tokens/s, MFU {share}"
+    return (f"step {entry['step']:>6}: train {entry['train']:.4f}, val {entry['val']:.4f} "
+            f"(perplexity {entry['val_ppl']:.1f}){speed}")

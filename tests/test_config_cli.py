@@ -38,7 +38,8 @@ def test_every_shipped_preset_loads():
         run = load_config(name)
         assert isinstance(run, RunConfig) and isinstance(run.train, TrainConfig) and run.name == name
         GPTConfig(vocab_size=65, **run.model)  # every model section is a valid GPT shape
-        assert run.tokenizer == "char" and run.data in ("shakespeare", "darwin")
+        assert ((run.tokenizer == "char" and run.data in ("shakespeare", "darwin"))
+                or (run.tokenizer == "gpt2" and run.data in ("tinystories", "tinystories-valid")))
 
 
 def test_overrides():
@@ -127,7 +128,7 @@ def _run(capsys, *argv):
 
 
 def test_cli_train_writes_checkpoints(trained):
-    assert sorted(p.name for p in (trained / "run").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (trained / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
     state = load_checkpoint(trained / "run" / "last.pt")
     assert state["step"] == 20 and [h["step"] for h in state["history"]] == [0, 10, 20]
     assert state["tokenizer"]["chars"] == sorted(set(POEM))  # trained on --data, not the config's corpus

@@ -161,9 +161,9 @@ def test_resume_without_the_saved_rng_would_differ(runs):
 
 def test_checkpoints_written_and_no_temporary_files(runs):
     tmp = runs["tmp"]
-    assert runs["half_files"] == ["best.pt", "last.pt"]
+    assert runs["half_files"] == ["best.pt", "last.pt", "metrics.jsonl"]
     for run in ("a", "b"):
-        assert sorted(p.name for p in (tmp / run).iterdir()) == ["best.pt", "last.pt"]
+        assert sorted(p.name for p in (tmp / run).iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
     last = load_checkpoint(tmp / "a" / "last.pt")
     best = load_checkpoint(tmp / "a" / "best.pt")
     assert last["step"] == N

@@ -1,0 +1,189 @@
+"""Measuring a run: FLOPs per token, model FLOPs utilisation (MFU), and the metrics log on disk.
+
+MFU answers "how much of the hardware did the training use?": the FLOPs the model needs per second
+at the measured speed, divided by what the device can do at best. Good large runs reach 40-50%; a
+small model on one GPU often 10-30%, because small matrix multiplies cannot fill the device.
+
+Every run with an output folder appends one JSON object per line to ``metrics.jsonl`` (an evaluation,
+and optionally the training loss every few steps), so the curves can be redrawn at any time with
+``plotting.plot_metrics``, even while the run goes on. Weights & Biases gets the same records when
+``wandb: true`` (set ``WANDB_MODE=offline`` to log without an account or a network).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .data import get_batch
+from .errors import SLMError
+
+# Dense bfloat16/float16 tensor-core peaks from NVIDIA's data sheets, in FLOP/s, matched against
+# torch.cuda.get_device_name in this order (the first match wins, so "H100 PCIe" precedes "H100").
+# MFU is measured against this 16-bit peak, as nanoGPT and PaLM do, also for a float32 run.
+PEAK_FLOPS = [
+    (r"H200|GH200", 989e12),
+    (r"H100.*PCIe", 756e12),
+    (r"H100", 989e12),
+    (r"A100", 312e12),
+    (r"L40S", 362e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10\b", 125e12),
+    (r"A6000", 155e12),
+    (r"V100", 125e12),
+    (r"\bT4\b", 65e12),
+    (r"RTX 4090", 165e12),
+    (r"RTX 3090", 71e12),
+]
+
+
+def peak_flops(device: torch.device | str) -> float | None:
+    """The 16-bit peak FLOP/s of a known GPU; None for the CPU, MPS and GPUs not in the table."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None  # CPUs vary too much (cores, vector units, clocks) for one honest number
+    name = torch.cuda.get_device_name(device)
+    return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, name)), None)
+
+
+def flops_per_token(model) -> int:
+    """Training FLOPs per token of a GPT: 6N + 12·L·H·Q·T (the PaLM paper's appendix B, as in nanoGPT).
+
+    6N: each parameter does a multiply and an add per token (2 FLOPs) forward and twice that backward.
+    12·L·H·Q·T: attention's own matrix multiplies (scores and weighted sum), which have no parameters;
+    L layers, H heads of Q dimensions, T tokens of context. N is ``num_params()``: the token embedding
+    counts (it is also the output layer), the position embedding does not (a lookup, no multiplies).
+    """
+    c = model.config
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+
+
+def mfu(tokens_per_sec: float | None, flops_per_token: float | None, peak: float | None,
+        devices: int = 1) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the peak of ``devices`` devices; None when unknown."""
+    if not (tokens_per_sec and flops_per_token and peak):
+        return None
+    return tokens_per_sec * flops_per_token / (peak * devices)
+
+
+class MetricsLog:
+    """Appends records to a JSONL file (one JSON object per line), and to Weights & Biases if asked.
+
+    ``path`` None writes no file. With ``wandb_project`` the wandb package is imported here, so a
+    missing package is an error before training starts, not after; without it wandb is never imported.
+    """
+
+    def __init__(self, path: str | Path | None, *, wandb_project: str | None = None, run_name: str | None = None,
+                 run_config: dict | None = None):
+        self.path = Path(path) if path is not None else None
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise SLMError("train.wandb is true but the wandb package is not installed; "
+                               "pip install wandb, or set train.wandb=false") from None
+            self.wandb = wandb
+        self.project, self.run_name, self.run_config = wandb_project, run_name, run_config or {}
+        self._run = None
+        self._run_id = None
+
+    def rewind(self, step: int) -> None:
+        """Forget records after ``step``: a run resumed from its checkpoint at ``step`` logs them again."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Append one record (it must have ``step`` and ``kind``: "eval" or "train")."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:  # opened per line: every line is on disk at once
+                f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            if self._run is None:  # a second fit() of the same trainer continues the same wandb run
+                self._run = self.wandb.init(project=self.project, name=self.run_name, config=self.run_config,
+                                            id=self._run_id, resume="allow")
+                self._run_id = self._run.id
+            numbers = {f"{record['kind']}/{k}": v for k, v in record.items()
+                       if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self._run.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (or of the one in a run folder), optionally of one kind."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise SLMError(f"no metrics log at {path}; train with an output folder to write one")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise SLMError(f"{path} line {number} is not JSON; was the file edited by hand?") from None
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def activation_memory(model, x: torch.Tensor, y: torch.Tensor, autocast=None) -> int:
+    """Bytes that autograd keeps from one forward pass of ``model(x, y)`` for the backward pass.
+
+    This is the memory that grows with batch size and context (the parameters, saved too, are not
+    counted), and what mixed precision halves and the fused attention kernel shrinks: the explicit
+    path keeps every T x T attention matrix. It is measured the same way on every device.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()  # a tensor saved twice is stored once
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast or nullcontext():
+        model(x, y)
+    return sum(saved.values())
+
+
+def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
+    """Speed and memory of ``trainer``'s recipe: ``warmup`` untimed steps (compilation, allocator
+    caches), then ``steps`` timed ones. The trainer trains while it is measured.
+
+    Returns tokens/s, MFU (None without a known peak), milliseconds per step, the activation memory of
+    one micro-batch (``activation_memory``, eager models only) and, on CUDA, the allocator's peak.
+    """
+    for _ in range(warmup):
+        trainer.train_step()
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    start = trainer.train_seconds
+    for _ in range(steps):
+        trainer.train_step()
+    seconds = trainer.train_seconds - start
+    tokens_per_sec = steps * trainer.tokens_per_step / seconds
+    activations = None
+    if not trainer.cfg.compile:
+        x, y = get_batch(trainer.splits["train"], trainer.cfg.batch_size, trainer.block_size, trainer.device)
+        activations = activation_memory(trainer.model, x, y, trainer.autocast())
+    return {"tokens_per_sec": tokens_per_sec,
+            "mfu": mfu(tokens_per_sec, trainer.flops_per_token, trainer.peak_flops, trainer.world_size),
+            "model_tflops": tokens_per_sec * trainer.flops_per_token / 1e12 if trainer.flops_per_token else None,
+            "ms_per_step": 1000 * seconds / steps,
+            "activation_mb": activations / 2**20 if activations is not None else None,
+            "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None}

@@ -1,0 +1,235 @@
+"""The recipes of lesson 8 in train.py: accumulation, mixed precision, compile, fused attention,
+tokens/s and MFU, perplexity; the GPT-2 presets; the config checks of the new keys."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from slm_helpers import train as train_module
+from slm_helpers.config import load_config
+from slm_helpers.data import batch_at
+from slm_helpers.device import seed_everything
+from slm_helpers.errors import SLMError
+from slm_helpers.metrics import PEAK_FLOPS, flops_per_token, mfu, peak_flops
+from slm_helpers.model import GPT, CausalSelfAttention, GPTConfig
+from slm_helpers.tokenizers import CharTokenizer
+from slm_helpers.train import TrainConfig, Trainer, autocast_dtype, describe
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def corpus(poem_text):
+    tok = CharTokenizer.from_text(poem_text)
+    data = torch.tensor(tok.encode(poem_text))
+    n = int(0.9 * len(data))
+    return tok, data[:n], data[n:]
+
+
+def _trainer(corpus, seed=0, **overrides):
+    tok, train, val = corpus
+    seed_everything(seed)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+    cfg = dict(max_iters=4, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=1, eval_interval=2,
+               eval_iters=2, seed=7)
+    return Trainer(model, train, val, TrainConfig(**{**cfg, **overrides}), tokenizer=tok)
+
+
+# ---------------------------------------------------------------- gradient accumulation
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(corpus):
+    """4 micro-batches of 4 sequences, accumulated, give the gradient of one batch of 16: equal up to
+    float32 rounding (the sums are taken in another order), here within 1e-6 absolute + 1e-5 relative."""
+    trainer = _trainer(corpus, grad_accum=4, grad_clip=0.0)
+    reference = copy.deepcopy(trainer.model)  # the weights before the step
+    train = trainer.splits["train"]
+    starts = torch.randint(len(train) - 8, (16,), generator=torch.Generator().manual_seed(7))  # what the step draws
+    x, y = batch_at(train, starts, 8)
+    _, big_loss = reference(x, y)
+    big_loss.backward()
+    loss = trainer.train_step()
+    assert loss == pytest.approx(big_loss.item(), rel=1e-6)
+    assert trainer.tokens_per_step == 4 * 4 * 8
+    for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_grad_accum_must_be_positive():
+    with pytest.raises(SLMError, match="grad_accum"):
+        TrainConfig(grad_accum=0)
+
+
+# ---------------------------------------------------------------- mixed precision
+
+def test_autocast_choices_on_the_cpu():
+    assert autocast_dtype("float32", CPU) == (None, None)
+    assert autocast_dtype("auto", CPU) == (None, None)  # bfloat16 is rarely faster on a CPU
+    assert autocast_dtype("bfloat16", CPU) == (torch.bfloat16, None)  # asked for: computed correctly
+    dtype, note = autocast_dtype("float16", CPU)
+    assert dtype is None and "float32" in note and "\n" not in note
+    dtype, note = autocast_dtype("bfloat16", torch.device("mps"))
+    assert dtype is None and "float32 on mps" in note
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_autocast_choices_on_a_gpu(monkeypatch, bf16, expected):
+    """The CUDA branches, without a GPU: only torch.cuda.is_bf16_supported is asked."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    gpu = torch.device("cuda")
+    assert autocast_dtype("auto", gpu) == (expected, None)
+    assert autocast_dtype("float16", gpu) == (torch.float16, None)
+    assert autocast_dtype("bfloat16", gpu)[0] is expected
+    assert (autocast_dtype("bfloat16", gpu)[1] is None) == bf16  # a note when falling back to float16
+
+
+def test_float16_on_the_cpu_falls_back_to_float32_with_one_line(corpus, capsys):
+    trainer = _trainer(corpus, dtype="float16")
+    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("note: float16 training needs a CUDA GPU")
+    reference = _trainer(corpus)
+    trainer.fit(progress=False)
+    reference.fit(progress=False)
+    assert trainer.step_losses == reference.step_losses  # plain float32, bit for bit
+
+
+def test_bfloat16_autocast_on_the_cpu_trains_close_to_float32(corpus):
+    bf16, fp32 = _trainer(corpus, dtype="bfloat16"), _trainer(corpus)
+    x, y = batch_at(bf16.splits["train"], torch.tensor([0, 5]), 8)
+    with bf16.autocast():
+        logits, loss = bf16.model(x, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # cross-entropy stays in float32
+    assert bf16.model.lm_head.weight.dtype == torch.float32  # the weights themselves stay float32
+    bf16.fit(progress=False)
+    fp32.fit(progress=False)
+    assert bf16.step_losses != fp32.step_losses
+    for a, b in zip(bf16.step_losses, fp32.step_losses):
+        assert a == pytest.approx(b, abs=0.05)  # bfloat16 keeps 8 bits of mantissa: close, not equal
+
+
+def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_path):
+    """float16 + GradScaler (the CUDA recipe), run on the CPU's float16 autocast to exercise the code."""
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda name, device: (torch.float16, None))
+    trainer = _trainer(corpus, dtype="float16")
+    assert trainer.scaler.is_enabled()
+    trainer.out_dir = tmp_path
+    trainer.fit(progress=False)
+    assert all(math.isfinite(loss) for loss in trainer.step_losses)
+    state = trainer.state_dict()
+    assert state["scaler"]["scale"] > 0
+    resumed = _trainer(corpus, seed=1, dtype="float16")
+    resumed.load_state_dict(state)
+    assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
+
+
+# ---------------------------------------------------------------- compile and fused attention
+
+def test_compile_flag_reaches_torch_compile(corpus, monkeypatch):
+    """torch.compile on a CPU needs a C compiler and a minute; here it is replaced by a recorder."""
+    compiled = []
+
+    def fake_compile(model, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert _trainer(corpus).fast_model is not None and compiled == []
+    trainer = _trainer(corpus, compile=True)
+    assert compiled == [trainer.model]
+    trainer.fit(progress=False)
+    assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])  # plain module saved
+
+
+def test_fused_attention_can_be_switched_off_and_computes_the_same(corpus):
+    fused, explicit = _trainer(corpus), _trainer(corpus, fused_attention=False)
+    layers = [m for m in explicit.model.modules() if isinstance(m, CausalSelfAttention)]
+    assert len(layers) == 2 and not any(m.fused for m in layers)
+    assert all(m.fused for m in fused.model.modules() if isinstance(m, CausalSelfAttention))
+    fused.fit(progress=False)
+    explicit.fit(progress=False)
+    for a, b in zip(fused.step_losses, explicit.step_losses):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+# ---------------------------------------------------------------- speed, MFU, perplexity
+
+def test_flops_per_token_is_six_n_plus_attention():
+    model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=4, n_embd=64))
+    assert flops_per_token(model) == 6 * model.num_params() + 12 * 3 * 4 * 16 * 32
+    assert mfu(1000.0, 2e9, 1e12) == pytest.approx(2.0)  # 2e12 FLOP/s of a 1e12 device
+    assert mfu(1000.0, 2e9, 1e12, devices=4) == pytest.approx(0.5)
+    assert mfu(None, 2e9, 1e12) is None and mfu(1000.0, 2e9, None) is None
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12), ("Tesla T4", 65e12),
+    ("Tesla V100-SXM2-16GB", 125e12), ("NVIDIA GeForce RTX 4090", 165e12), ("NVIDIA GeForce RTX 3090", 71e12),
+    ("NVIDIA A10G", None), ("Some Future GPU", None),
+])
+def test_peak_flops_table(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    assert peak_flops(torch.device("cuda")) == peak
+
+
+def test_no_peak_is_claimed_for_cpu_or_mps():
+    assert peak_flops(CPU) is None and peak_flops(torch.device("mps")) is None
+    assert all(flops > 1e12 for _, flops in PEAK_FLOPS)
+
+
+def test_history_has_speed_mfu_and_perplexity(corpus):
+    trainer = _trainer(corpus)
+    history = trainer.fit(progress=False)
+    first, last = history[0], history[-1]
+    assert first["tokens_per_sec"] is None and last["tokens_per_sec"] > 0
+    assert last["mfu"] is None and "MFU n/a" in describe(last)  # no peak claimed for a CPU
+    assert last["val_ppl"] == pytest.approx(math.exp(last["val"]))
+    assert "perplexity" in describe(first) and "tokens/s" not in describe(first)
+    trainer.peak_flops = 1e12  # as if on a GPU of 1 TFLOP/s
+    history = trainer.fit(6, progress=False)
+    expected = history[-1]["tokens_per_sec"] * trainer.flops_per_token / 1e12
+    assert history[-1]["mfu"] == pytest.approx(expected) and "MFU" in describe(history[-1])
+
+
+# ---------------------------------------------------------------- presets and config keys
+
+@pytest.mark.parametrize("preset, millions, target", [
+    ("tinystories-tiny", 5.711, 6), ("tinystories-small", 26.380, 25), ("tinystories-medium", 81.075, 85),
+])
+def test_gpt2_presets_have_the_advertised_size(preset, millions, target):
+    """Counted by GPT.num_params(): the (tied) token embedding included, the position embedding not."""
+    run = load_config(preset)
+    assert run.tokenizer == "gpt2" and run.data.startswith("tinystories")
+    with torch.device("meta"):  # no memory, no initialisation: just the shapes
+        model = GPT(GPTConfig(vocab_size=50257, **run.model))
+    assert model.num_params() / 1e6 == pytest.approx(millions, abs=0.001)
+    assert abs(model.num_params() / 1e6 - target) / target < 0.1  # "about 6M / 25M / 85M"
+    assert model.num_params(non_embedding=False) - model.num_params() == run.model["block_size"] * run.model["n_embd"]
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.dtype=float8", "dtype"),
+    ("train.compile=1", "train.compile"),
+    ("train.fused_attention=maybe", "train.fused_attention"),
+    ("train.grad_accum=0", "grad_accum"),
+    ("train.grad_accum=1.5", "train.grad_accum"),
+    ("train.log_interval=-1", "log_interval"),
+    ("train.wandb=please", "train.wandb"),
+    ("train.wandb_project=3", "train.wandb_project"),
+    ("train.gradient_accumulation=4", "gradient_accumulation"),
+    ("tokenizer=sentencepiece", "tokenizer"),
+])
+def test_new_config_keys_are_checked_by_name(override, named):
+    with pytest.raises(SLMError, match=named):
+        load_config("tinystories-tiny", [override])
+
+
+def test_new_config_keys_are_set_by_overrides():
+    run = load_config("tinystories-tiny", ["train.dtype=bfloat16", "train.compile=true", "train.grad_accum=8",
+                                           "train.fused_attention=false", "train.log_interval=5", "train.wandb=true",
+                                           "train.wandb_project=my-runs"])
+    t = run.train
+    assert (t.dtype, t.compile, t.grad_accum, t.fused_attention) == ("bfloat16", True, 8, False)
+    assert (t.log_interval, t.wandb, t.wandb_project) == (5, True, "my-runs")
