@@ -36,12 +36,29 @@ def _sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by train")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from a line break)")
     parser.add_argument("--max-new-tokens", type=int, default=500)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy; higher = more random (default 0.8, or 1 with --num-beams)")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 makes tokens already in the text less likely (CTRL's penalty; 1 = off)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = sample)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam search ranks finished text by log-probability / length ** this")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help=r"stop before this text, e.g. --stop '\n\n' (repeatable; \n \t \\ are escapes)")
+    parser.add_argument("--stream", action="store_true", help="print the text token by token as it is written")
+    parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache (slower)")
     parser.add_argument("--seed", type=int, default=None, help="make the sample repeatable")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
     return parser
+
+
+def _unescape(text: str) -> str:
+    r"""A shell cannot easily pass a line break: read \n, \t, \r and \\ in --stop as escapes."""
+    import re
+
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -81,13 +98,23 @@ def train(args: argparse.Namespace) -> None:
 def sample(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .device import pick_device
-    from .sampling import check_options, complete
+    from .sampling import check_options, stream
 
-    check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  max_new_tokens=args.max_new_tokens)  # before the (slow) model load
+    temperature = args.temperature if args.temperature is not None else (1.0 if args.num_beams > 1 else 0.8)
+    options = dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+                   length_penalty=args.length_penalty, stop=[_unescape(s) for s in args.stop])
+    check_options(max_new_tokens=args.max_new_tokens, **options)  # before the (slow) model load
     model, tokenizer, _ = load_model(args.checkpoint, pick_device(args.device))
-    print(complete(model, tokenizer, args.prompt, args.max_new_tokens, seed=args.seed,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+    pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, seed=args.seed,
+                    use_cache=not args.no_cache, **options)  # a bad prompt fails here, before any output
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print(args.prompt + "".join(pieces))
 
 
 def _run(command, args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ ideas in their fast form: ``CausalSelfAttention`` computes every head with one m
 and PyTorch's fused ``scaled_dot_product_attention``. ``CausalSelfAttention.load_heads`` copies
 the weights of a teaching ``MultiHeadAttention`` into it, which is how the notebooks and tests
 prove that the two compute the same thing.
+
+``KVCache`` (lesson 9) makes generation fast: it keeps the keys and values of the tokens already
+seen, so each new token costs one position of work instead of a pass over the whole context.
 """
 
 from __future__ import annotations
@@ -49,10 +52,14 @@ def causal_mask(block_size: int) -> torch.Tensor:
 
 
 def masked_attention(q, k, v, mask, dropout: nn.Module | None = None):
-    """Attention written out: scores, causal mask, softmax, weighted sum. Returns (output, weights)."""
+    """Attention written out: scores, causal mask, softmax, weighted sum. Returns (output, weights).
+
+    There may be fewer queries than keys (generation with a KV cache): the queries are then the
+    last positions, and their rows of the mask are the bottom ones.
+    """
     scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # 1/sqrt(d) keeps softmax from saturating
-    T = q.size(-2)
-    scores = scores.masked_fill(~mask[:T, :T], float("-inf"))
+    Tq, Tk = q.size(-2), k.size(-2)
+    scores = scores.masked_fill(~mask[Tk - Tq:Tk, :Tk], float("-inf"))
     weights = F.softmax(scores, dim=-1)
     if dropout is not None:
         weights = dropout(weights)
@@ -134,6 +141,39 @@ class AttentionLM(nn.Module):
 
 # ---------------------------------------------------------------- the GPT
 
+class KVCache:
+    """The keys and values every layer has computed so far, for fast generation.
+
+    A token's key and value depend only on the tokens up to it, so once computed they never change
+    (as long as positions do not shift). Without a cache, generating each token re-runs the model
+    over the whole context; with it, the model runs on the new token only and attends to the
+    stored keys and values. The buffers are allocated once at full size (``block_size``) and
+    filled from the left; ``length`` says how many positions hold real data.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled, the same in every layer
+
+    @property
+    def free(self) -> int:
+        """How many more positions fit before the context is full."""
+        return self.k.size(3) - self.length
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store ``layer``'s keys and values of the new positions after the cached ones; return all of them."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index`` (in that order): beam search continues some beams twice, others not at all."""
+        self.k, self.v = self.k[:, index], self.v[:, index]
+
+
 class CausalSelfAttention(nn.Module):
     """All heads at once: one Linear makes q, k and v for every head; the fused kernel does the rest."""
 
@@ -147,14 +187,22 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("mask", causal_mask(config.block_size), persistent=False)
         self.fused = True  # False: the explicit path, which also returns the weights for pictures
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, return_weights: bool = False, cache: KVCache | None = None,
+                layer: int = 0):
         B, T, C = x.shape
         # (B, T, 3C) -> three tensors of shape (B, n_head, T, head_size)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in self.c_attn(x).split(C, dim=2))
+        past = 0
+        if cache is not None:  # x holds only the new positions: attend to the cached ones too
+            past = cache.length
+            k, v = cache.update(layer, k, v)
         weights = None
         if self.fused and not return_weights:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+            # The T queries are the last T of past + T positions. With nothing cached the mask is the
+            # usual triangle; one new token may see everything; otherwise take the triangle's bottom rows.
+            mask = None if past == 0 or T == 1 else self.mask[past:past + T, :past + T]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
                                                dropout_p=self.attn_dropout.p if self.training else 0.0)
         else:
             y, weights = masked_attention(q, k, v, self.mask, self.attn_dropout)
@@ -181,10 +229,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = FeedForward(config.n_embd, config.dropout, config.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # The residual stream carries x through unchanged; each sub-layer only adds a correction,
         # so gradients reach the first layer undiminished however deep the stack is.
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -227,15 +275,28 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty KV cache for generating ``batch_size`` sequences with this model."""
+        weight = self.lm_head.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """Logits for every position of ``idx`` (and the loss if ``targets`` are given).
+
+        With a ``cache``, ``idx`` holds only the tokens after the cached ones: they sit at positions
+        ``cache.length`` onwards, and their keys and values are added to the cache.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise SLMError(f"sequence of {T} tokens is longer than the model's context "
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise SLMError(f"sequence of {past + T} tokens is longer than the model's context "
                            f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:

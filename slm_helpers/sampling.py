@@ -1,6 +1,24 @@
-"""Turning a model's next-token logits into text: temperature, top-k, top-p, greedy."""
+"""Turning a model's next-token logits into text: every decoding strategy of lesson 9.
+
+One step of sampling is one pipeline, in this order (the order Hugging Face's ``generate`` uses)::
+
+    logits -> repetition penalty -> / temperature -> top-k -> softmax -> top-p -> probabilities
+
+``next_token_probs`` is that pipeline. On top of it:
+
+- ``generate`` / ``token_stream`` sample token ids (temperature 0 is greedy decoding);
+- ``beam_search`` searches for the most likely continuation instead of sampling one;
+- ``stream`` and ``complete`` work with text: a prompt in, text out (piece by piece, or whole),
+  with stop sequences, a seed for repeatable samples, and every option above.
+
+Generation uses the model's KV cache when it has one (``GPT.new_cache``): see ``generate``.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -8,25 +26,72 @@ import torch.nn.functional as F
 from .errors import SLMError
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def stop_strings(stop: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``stop`` as a tuple of strings: None means none, a single string means that one."""
+    if stop is None:
+        return ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise SLMError(f"stop sequences must be non-empty strings, got {s!r}")
+    return stop
+
+
 def check_options(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  max_new_tokens: int = 1) -> None:
+                  max_new_tokens: int = 1, repetition_penalty: float = 1.0, num_beams: int = 1,
+                  length_penalty: float = 1.0, stop: str | Iterable[str] | None = None) -> None:
     """Raise a one-line SLMError for an option no sampler can honour."""
-    if temperature < 0:
+    if not _is_number(temperature) or temperature < 0:
         raise SLMError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise SLMError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
         raise SLMError(f"top_p must be in (0, 1] (or None for no limit), got {top_p}")
-    if max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise SLMError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not _is_number(repetition_penalty) or repetition_penalty <= 0:
+        raise SLMError(f"repetition_penalty must be > 0 (1 means off, 1.2 is a common choice), "
+                       f"got {repetition_penalty}")
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise SLMError(f"num_beams must be at least 1 (1 means no beam search), got {num_beams}")
+    if not _is_number(length_penalty):
+        raise SLMError(f"length_penalty must be a finite number (0 = off, > 0 favours longer text), "
+                       f"got {length_penalty}")
+    stop_strings(stop)
+
+
+# ---------------------------------------------------------------- one step: logits -> probabilities
+
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al., 2019): make every token that occurs in ``previous``
+    less likely. Its logit is divided by ``penalty`` if positive and multiplied by it if negative
+    (dividing a negative logit would *raise* it). Each token counts once, however often it occurred.
+
+    ``logits`` is (..., V) and ``previous`` (..., T) holds token ids with the same leading shape.
+    """
+    if penalty == 1 or previous is None or previous.numel() == 0:
+        return logits
+    seen = logits.gather(-1, previous)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, previous, seen)
 
 
 def next_token_probs(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None) -> torch.Tensor:
-    """The distribution a sampler draws from, given logits of shape (B, V). Temperature 0 puts all
-    mass on the most likely token (greedy)."""
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p)
-    logits = logits.float()
+                     top_p: float | None = None, repetition_penalty: float = 1.0,
+                     previous: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution a sampler draws from, given logits of shape (B, V).
+
+    ``repetition_penalty`` applies to the tokens in ``previous`` (B, T), the sequence so far.
+    Temperature 0 puts all mass on the most likely token (greedy); a ``top_k`` larger than the
+    vocabulary keeps every token; ``top_p`` keeps the smallest set of most likely tokens whose
+    mass reaches ``top_p`` (always at least one).
+    """
+    check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    logits = apply_repetition_penalty(logits.float(), previous, repetition_penalty)
     if temperature == 0:
         return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
     logits = logits / temperature
@@ -35,41 +100,273 @@ def next_token_probs(logits: torch.Tensor, *, temperature: float = 1.0, top_k: i
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1:
-        # Keep the smallest set of most likely tokens whose mass reaches top_p (always at least one).
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # a token stays if the ones above it fall short
         sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 
 
+# ---------------------------------------------------------------- feeding the model, with a KV cache
+
+class _NextLogits:
+    """Logits of the token after each row of a growing batch of sequences, using the model's KV
+    cache when it has one (``model.new_cache``), so each step runs the model on the new token only.
+
+    Position embeddings are absolute: once the context is full, the window slides, every position
+    shifts, and every cached key and value is stale. The cache is then rebuilt over the last
+    ``keep`` tokens. ``keep = block_size`` (the default) gives exactly what the uncached generator
+    computes, at the price of a full pass per token from then on; a smaller ``keep`` rebuilds
+    only every ``block_size - keep + 1`` tokens, but the model then sees between ``keep`` and
+    ``block_size`` tokens of context instead of always ``block_size``.
+    """
+
+    def __init__(self, model, use_cache: bool = True, keep: int | None = None):
+        self.model = model
+        self.block_size = model.block_size
+        self.use_cache = use_cache and hasattr(model, "new_cache")
+        self.keep = self.block_size if keep is None else keep
+        if not (isinstance(self.keep, int) and 1 <= self.keep <= self.block_size):
+            raise SLMError(f"keep must be between 1 and the model's block_size ({self.block_size}), got {keep!r}")
+        self.cache = None
+        self.fed = 0  # how many tokens of each sequence the cache has seen
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.use_cache:  # the model cannot see further back than block_size anyway
+            return self.model(idx[:, -self.block_size:])[0][:, -1]
+        first = self.cache is None
+        if first or idx.size(1) - self.fed > self.cache.free:
+            self.cache = self.model.new_cache(idx.size(0))
+            window = idx[:, -(self.block_size if first else self.keep):]
+        else:
+            window = idx[:, self.fed:]  # only the tokens the cache has not seen
+        logits = self.model(window, cache=self.cache)[0][:, -1]
+        self.fed = idx.size(1)
+        return logits
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+# ---------------------------------------------------------------- sampling token ids
+
+def token_stream(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 keep: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token of each row of ``idx`` (B, T) as a (B, 1) tensor, one step at a time.
+
+    The options are those of ``generate``; they are checked now, not at the first step.
+    """
+    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                  repetition_penalty=repetition_penalty)
+    next_logits = _NextLogits(model, use_cache, keep)
+    return _token_stream(model, idx, max_new_tokens, next_logits, generator,
+                         dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty))
+
+
 @torch.no_grad()
+def _token_stream(model, idx, max_new_tokens, next_logits, generator, options):
+    was_training = model.training
+    model.eval()  # no dropout while generating
+    try:
+        for _ in range(max_new_tokens):
+            previous = idx if options["repetition_penalty"] != 1 else None
+            probs = next_token_probs(next_logits(idx), previous=previous, **options)
+            if options["temperature"] == 0:
+                next_id = probs.argmax(-1, keepdim=True)
+            else:  # drawn on the CPU, so a seed gives the same sample on every device
+                next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(idx.device)
+            idx = torch.cat([idx, next_id], dim=1)
+            yield next_id
+    finally:
+        model.train(was_training)
+
+
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             keep: int | None = None) -> torch.Tensor:
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
-    Only the last ``model.block_size`` tokens are fed back in: a prompt longer than the context
-    is cropped from the left, as the model cannot see further back anyway.
+    Only the last ``model.block_size`` tokens are fed back in: a longer sequence is cropped from
+    the left, as the model cannot see further back anyway. With ``use_cache`` (and a model that
+    has a KV cache) the model runs on one new token per step instead of the whole window; the
+    tokens are the same as without it. ``keep`` sets how the cache is rebuilt once the context is
+    full (default ``block_size``: exactly like the uncached generator; see ``_NextLogits``).
     """
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
+    new = list(token_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, generator=generator,
+                            use_cache=use_cache, keep=keep))
+    return torch.cat([idx, *new], dim=1)
+
+
+# ---------------------------------------------------------------- beam search
+
+def length_normalised(score: float, length: int, length_penalty: float) -> float:
+    """A finished beam's rank: its sum of log-probabilities divided by ``length ** length_penalty``.
+
+    This is the form of Hugging Face's ``transformers`` (not GNMT's ``((5 + length) / 6) ** alpha``),
+    with ``length`` the number of new tokens. Log-probabilities are negative, so longer text scores
+    lower; 0 leaves that as it is, 1 compares average log-probabilities per token, and larger values
+    favour longer text still.
+    """
+    return score / length ** length_penalty
+
+
+@torch.no_grad()
+def beam_search(model, idx: torch.Tensor, max_new_tokens: int, *, num_beams: int = 4,
+                length_penalty: float = 1.0, is_finished: Callable[[torch.Tensor], bool] | None = None,
+                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                repetition_penalty: float = 1.0, use_cache: bool = True,
+                keep: int | None = None) -> tuple[torch.Tensor, float]:
+    """The continuation of ``idx`` (1, T) that beam search finds: (ids of shape (1, T + n), score).
+
+    Keep the ``num_beams`` most likely partial continuations; at every step extend each by every
+    token and keep the ``num_beams`` best of all those candidates. A beam is finished when
+    ``is_finished(new_ids)`` says so (for example: a stop sequence appeared) or after
+    ``max_new_tokens``; finished beams compete on ``length_normalised`` scores. Scores are sums of
+    log-probabilities of ``next_token_probs`` (with temperature 1 and no top-k / top-p: the model's
+    own distribution, which is textbook beam search). One beam is greedy decoding.
+    """
+    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                  repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty)
+    if idx.dim() != 2 or idx.size(0) != 1:
+        raise SLMError(f"beam search continues one sequence at a time: idx must have shape (1, T), "
+                       f"got {tuple(idx.shape)}")
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    T = idx.size(1)
+    next_logits = _NextLogits(model, use_cache, keep)
+    beams, scores = idx, [0.0]  # the live beams (n, T + step) and their sums of log-probabilities
+    finished: list[tuple[float, torch.Tensor]] = []  # (normalised score, ids), best first
     was_training = model.training
     model.eval()
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -model.block_size:])
-        probs = next_token_probs(logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p)
-        next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(idx.device)
-        idx = torch.cat([idx, next_id], dim=1)
-    model.train(was_training)
-    return idx
+    try:
+        for step in range(1, max_new_tokens + 1):
+            previous = beams if repetition_penalty != 1 else None
+            logprobs = next_token_probs(next_logits(beams), previous=previous, **options).log()
+            candidates = (torch.tensor(scores, device=logprobs.device)[:, None] + logprobs).flatten()
+            # 2 * num_beams candidates: even if num_beams of them finish, num_beams stay alive
+            top = candidates.topk(min(2 * num_beams, candidates.numel()))
+            parents, tokens, scores = [], [], []
+            for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+                if score == -math.inf or len(parents) == num_beams:
+                    break
+                parent, token = divmod(flat, logprobs.size(-1))
+                if is_finished is not None and is_finished(torch.cat([beams[parent, T:], idx.new_tensor([token])])):
+                    finished.append((length_normalised(score, step, length_penalty),
+                                     torch.cat([beams[parent], idx.new_tensor([token])])))
+                else:
+                    parents.append(parent)
+                    tokens.append(token)
+                    scores.append(score)
+            finished = sorted(finished, key=lambda f: f[0], reverse=True)[:num_beams]
+            if not parents:
+                break
+            index = torch.tensor(parents, device=idx.device)
+            beams = torch.cat([beams[index], idx.new_tensor(tokens)[:, None]], dim=1)
+            next_logits.reorder(index)
+            # Stop early once no live beam can beat the worst of num_beams finished ones: sums of
+            # log-probabilities only fall, so the best a beam can reach is its score now, divided
+            # by the largest length it may reach (length_penalty > 0) or its length now (otherwise).
+            reach = max_new_tokens if length_penalty > 0 else step
+            if len(finished) == num_beams and finished[-1][0] >= length_normalised(max(scores), reach, length_penalty):
+                break
+        if beams.size(1) - T == max_new_tokens and max_new_tokens > 0:  # live beams at full length finish too
+            finished += [(length_normalised(s, max_new_tokens, length_penalty), b) for s, b in zip(scores, beams)]
+    finally:
+        model.train(was_training)
+    if not finished:
+        return idx, 0.0
+    best_score, best = max(finished, key=lambda f: f[0])
+    return best[None], best_score
+
+
+# ---------------------------------------------------------------- text in, text out
+
+def _stop_at(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where the first stop sequence in ``text`` begins, or None."""
+    hits = [i for i in (text.find(s) for s in stop) if i != -1]
+    return min(hits) if hits else None
+
+
+def _unfinished_tail(text: str, stop: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` must wait: the start of a stop sequence that may
+    still complete, or a character whose bytes have not all arrived (byte-level BPE decodes those as U+FFFD)."""
+    tail = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), tail, -1):
+            if text.endswith(s[:k]):
+                tail = k
+                break
+    return tail
+
+
+def _prompt_ids(model, tokenizer, prompt: str) -> torch.Tensor:
+    device = next(model.parameters()).device
+    if not isinstance(prompt, str):
+        raise SLMError(f"the prompt must be a str, got {type(prompt).__name__}")
+    ids = tokenizer.encode(prompt or "\n")  # an empty prompt starts the model at a line break
+    return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+           num_beams: int = 1, length_penalty: float = 1.0, stop: str | Iterable[str] | None = None,
+           seed: int | None = None, use_cache: bool = True, keep: int | None = None) -> Iterator[str]:
+    """Yield the continuation of ``prompt``, piece by piece as the model writes it.
+
+    Generation ends after ``max_new_tokens`` tokens, or as soon as the continuation contains a
+    ``stop`` sequence; the text is cut just before it (the stop sequence is not yielded, nor is the
+    start of one that might still complete). ``seed`` makes a sample repeatable. ``num_beams > 1``
+    runs beam search (``length_penalty``: see ``length_normalised``), which only knows its answer at
+    the end, so it yields it in one piece. Bad options raise SLMError now, not at the first piece.
+    """
+    stop = stop_strings(stop)
+    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                  repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise SLMError(f"seed must be an integer (or None for a fresh sample each time), got {seed!r}")
+    idx = _prompt_ids(model, tokenizer, prompt)
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                   use_cache=use_cache, keep=keep)
+    if num_beams > 1:
+        def is_finished(new_ids):
+            return _stop_at(tokenizer.decode(new_ids.tolist()), stop) is not None
+
+        ids, _ = beam_search(model, idx, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
+                             is_finished=is_finished if stop else None, **options)
+        text = tokenizer.decode(ids[0, idx.size(1):].tolist())
+        return iter([text[:_stop_at(text, stop)]] if text else [])
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    tokens = token_stream(model, idx, max_new_tokens, generator=generator, **options)
+    return _text_pieces(tokens, tokenizer, stop)
+
+
+def _text_pieces(tokens: Iterator[torch.Tensor], tokenizer, stop: tuple[str, ...]) -> Iterator[str]:
+    new, sent, text = [], 0, ""
+    with contextlib.closing(tokens):  # stopping early still ends the generator (and restores train mode)
+        for next_id in tokens:
+            new.append(next_id.item())
+            text = tokenizer.decode(new)  # the whole continuation: a token may be half a character
+            cut = _stop_at(text, stop)
+            if cut is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                return
+            ready = len(text) - _unfinished_tail(text, stop)
+            if ready > sent:
+                yield text[sent:ready]
+                sent = ready
+    if len(text) > sent:
+        yield text[sent:]
 
 
 def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, *, seed: int | None = None,
              **options) -> str:
-    """The prompt followed by ``max_new_tokens`` sampled tokens, as text. ``seed`` makes it repeatable."""
-    device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt or "\n")  # an empty prompt starts the model at a line break
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    out = generate(model, torch.tensor([ids], device=device), max_new_tokens, generator=generator, **options)
-    return tokenizer.decode(out[0].tolist()[0 if prompt else len(ids):])
+    """The prompt followed by its continuation, as text. Takes every option of ``stream``:
+    temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, stop, seed, use_cache, keep."""
+    return prompt + "".join(stream(model, tokenizer, prompt, max_new_tokens, seed=seed, **options))

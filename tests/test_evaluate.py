@@ -1,0 +1,106 @@
+"""Loss over a whole split, perplexity and bits per byte, against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slm_helpers.bigram import BigramLanguageModel, CountingBigram
+from slm_helpers.errors import SLMError
+from slm_helpers.evaluate import Evaluation, _windows, evaluate_text, split_loss
+from slm_helpers.model import GPT
+from slm_helpers.tokenizers import BPETokenizer, CharTokenizer
+
+
+class Uniform(torch.nn.Module):
+    """Every token equally likely: loss ln(V), perplexity V."""
+
+    block_size = 4
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, targets=None):
+        return torch.zeros(*idx.shape, self.vocab_size) + self.anchor, None
+
+
+def test_uniform_model_has_loss_ln_v_and_perplexity_v():
+    tokenizer = CharTokenizer(list("abcdefgh"))
+    result = evaluate_text(Uniform(8), tokenizer, "abcabcabhgfedcba")
+    assert result.loss == pytest.approx(math.log(8))
+    assert result.perplexity == pytest.approx(8)
+    assert result.bits_per_token == pytest.approx(3)
+    assert (result.tokens, result.bytes) == (15, 15)  # the first character is not scored
+    assert result.bits_per_byte == pytest.approx(3)  # one byte per character
+
+
+def test_bits_per_byte_counts_bytes_not_tokens():
+    text = "the cat sat on the mat; the cat sat on the hat. " * 3
+    tokenizer = BPETokenizer.train(text, 256 + 10, special_tokens=())
+    ids = tokenizer.encode(text)
+    result = evaluate_text(Uniform(tokenizer.vocab_size), tokenizer, text)
+    n_bytes = len(text) - len(tokenizer.decode(ids[:1]))
+    assert len(ids) < len(text) and (result.tokens, result.bytes) == (len(ids) - 1, n_bytes)
+    # the bits of every scored token, spread over the bytes they stand for
+    assert result.bits_per_byte == pytest.approx((len(ids) - 1) * math.log2(tokenizer.vocab_size) / n_bytes)
+
+
+def test_evaluation_numbers():
+    e = Evaluation(loss=math.log(4), tokens=10, bytes=20)
+    assert e.perplexity == pytest.approx(4) and e.bits_per_token == pytest.approx(2)
+    assert e.tokens_per_byte == 0.5 and e.bits_per_byte == pytest.approx(1)
+    assert set(e.as_dict()) == {"loss", "perplexity", "bits per token", "tokens per byte", "bits per byte"}
+
+
+@pytest.mark.parametrize("n, block, stride", [(2, 4, 4), (10, 4, 4), (11, 4, 2), (30, 8, 3), (9, 8, 1)])
+def test_windows_score_every_target_once(n, block, stride):
+    scored = []
+    for begin, end, new in _windows(n, block, stride):
+        assert 0 < end - begin <= block and 0 < new <= end - begin
+        scored += range(end - new + 1, end + 1)  # positions of the targets this window scores
+    assert scored == list(range(1, n))
+
+
+def test_bigram_loss_does_not_depend_on_windows():
+    torch.manual_seed(0)
+    model = BigramLanguageModel(6)
+    ids = torch.randint(0, 6, (101,))
+    exact = F.cross_entropy(model.logits_table(ids[:-1]), ids[1:]).item()
+    for block_size, stride in ((1, 1), (7, 7), (7, 3), (64, 64)):
+        loss, tokens = split_loss(model, ids, block_size=block_size, stride=stride, batch_size=5)
+        assert tokens == 100 and loss == pytest.approx(exact, abs=1e-6)
+
+
+def test_counting_bigram_as_a_module_matches_its_nll():
+    ids = torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(0))
+    counting = CountingBigram.fit(ids, 5)
+    model = BigramLanguageModel(5)
+    with torch.no_grad():
+        model.logits_table.weight.copy_(counting.probs.log())
+    assert split_loss(model, ids, block_size=32)[0] == pytest.approx(counting.nll(ids), abs=1e-5)
+
+
+def test_gpt_loss_matches_side_by_side_windows(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).train()
+    ids = torch.randint(0, 20, (8 * 5 + 1,))  # exactly five windows of block_size 8
+    loss, tokens = split_loss(model, ids, batch_size=2)
+    x, y = ids[:-1].view(5, 8), ids[1:].view(5, 8)
+    model.eval()
+    assert tokens == 40 and loss == pytest.approx(model(x, y)[1].item(), abs=1e-5)
+    model.train()
+    split_loss(model, ids)
+    assert model.training  # restored
+    longer_context, _ = split_loss(model, ids, stride=2)  # runs, and still scores 40 tokens
+    assert split_loss(model, ids, stride=2)[1] == 40 and math.isfinite(longer_context)
+
+
+def test_bad_input_is_a_clear_error(tiny_config):
+    model = GPT(tiny_config)
+    with pytest.raises(SLMError, match="stride must be between 1 and block_size"):
+        split_loss(model, torch.arange(10), stride=9)
+    with pytest.raises(SLMError, match="at least two tokens"):
+        split_loss(model, [3])

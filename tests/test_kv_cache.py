@@ -1,0 +1,117 @@
+"""The KV cache: cached generation computes what uncached generation computes, only faster."""
+
+import pytest
+import torch
+
+from slm_helpers.bigram import BigramLanguageModel
+from slm_helpers.errors import SLMError
+from slm_helpers.model import GPT, AttentionLM, GPTConfig, KVCache
+from slm_helpers.sampling import beam_search, generate
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return GPT(tiny_config).eval()  # block_size 8
+
+
+def test_cached_logits_equal_uncached(model):
+    idx = torch.randint(0, 20, (3, 8))
+    full = model(idx)[0]
+    cache = model.new_cache(3)
+    parts = [model(idx[:, :3], cache=cache)[0]]  # a prompt of 3 tokens at once
+    parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(3, 6)]  # then one at a time
+    parts.append(model(idx[:, 6:], cache=cache)[0])  # and two more together
+    assert cache.length == 8 and cache.free == 0
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+def test_cache_in_the_explicit_attention_path(model):
+    idx = torch.randint(0, 20, (2, 8))
+    fused = model(idx)[0]
+    for block in model.transformer.h:
+        block.attn.fused = False  # the written-out attention, with fewer queries than keys
+    cache = model.new_cache(2)
+    parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:7], cache=cache)[0], model(idx[:, 7:], cache=cache)[0]]
+    assert torch.allclose(torch.cat(parts, dim=1), fused, atol=1e-5)
+
+
+def test_a_full_cache_refuses_more_tokens(model):
+    cache = model.new_cache(1)
+    model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
+    with pytest.raises(SLMError, match="longer than the model's context"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+def test_cache_shape_and_reorder(tiny_config):
+    cache = KVCache(tiny_config, batch_size=2)
+    assert cache.k.shape == (2, 2, 2, 8, 8)  # layers, batch, heads, block_size, head size
+    cache.k[:, 1] = 1.0
+    cache.reorder(torch.tensor([1, 1, 0]))
+    assert cache.k.shape[1] == 3 and cache.k[:, :2].eq(1).all() and cache.k[:, 2].eq(0).all()
+
+
+@pytest.mark.parametrize("prompt_length", [1, 5, 12])  # 12: a prompt longer than the context
+def test_greedy_generation_is_the_same_with_and_without_cache(model, prompt_length):
+    idx = torch.randint(0, 20, (2, prompt_length))
+    uncached = generate(model, idx, 30, temperature=0, use_cache=False)  # 30 >> block_size 8
+    assert torch.equal(generate(model, idx, 30, temperature=0), uncached)
+
+
+def test_sampling_with_a_seed_is_the_same_with_and_without_cache(model):
+    idx = torch.randint(0, 20, (1, 3))
+    draw = lambda **kw: generate(model, idx, 25, generator=torch.Generator().manual_seed(3), **kw)  # noqa: E731
+    assert torch.equal(draw(use_cache=True), draw(use_cache=False))
+
+
+def test_keep_rebuilds_over_fewer_tokens(model):
+    """keep=k: once the context is full, the model sees the last k tokens, then k+1, ... up to block_size."""
+    idx = torch.randint(0, 20, (1, 2))
+    keep, block = 3, model.block_size
+    out = generate(model, idx, 20, temperature=0, keep=keep)
+    # the same rule, written out without a cache
+    seq, start = idx, 0
+    for _ in range(20):
+        if seq.size(1) - start > block:
+            start = seq.size(1) - keep
+        logits = model(seq[:, start:])[0][:, -1]
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    with pytest.raises(SLMError, match="keep must be between 1 and"):
+        generate(model, idx, 5, keep=block + 1)
+
+
+def test_beam_search_is_the_same_with_and_without_cache(model):
+    idx = torch.randint(0, 20, (1, 3))
+    cached = beam_search(model, idx, 20, num_beams=3)
+    uncached = beam_search(model, idx, 20, num_beams=3, use_cache=False)
+    assert torch.equal(cached[0], uncached[0]) and cached[1] == pytest.approx(uncached[1], abs=1e-4)
+
+
+def test_models_without_a_cache_still_generate():
+    torch.manual_seed(0)
+    for model in (BigramLanguageModel(20), AttentionLM(20, 16, block_size=8, n_head=2)):
+        out = generate(model, torch.zeros(1, 1, dtype=torch.long), 12, temperature=0)
+        assert out.shape == (1, 13)
+
+
+def test_generation_restores_training_mode(model):
+    model.train()
+    generate(model, torch.zeros(1, 1, dtype=torch.long), 3)
+    assert model.training
+
+
+def test_cache_follows_the_model_dtype(tiny_config):
+    model = GPT(tiny_config).double().eval()
+    assert model.new_cache(1).k.dtype == torch.float64
+    out = generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0)
+    assert torch.equal(out, generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0, use_cache=False))
+
+
+def test_bigger_model_logits_within_1e_5():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=3, n_head=4, n_embd=64, dropout=0.0)).eval()
+    idx = torch.randint(0, 65, (1, 32))
+    cache = model.new_cache(1)
+    steps = [model(idx[:, :1], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(1, 32)]
+    assert (torch.cat(steps, dim=1) - model(idx)[0]).abs().max() < 1e-5
