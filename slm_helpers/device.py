@@ -42,8 +42,8 @@ def _mps_available() -> bool:
 def supports_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 autocast is a real speed-up on ``device`` (Ampere+ GPUs, recent MPS)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native bf16 arrived with Ampere (compute capability 8); older GPUs emulate it
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "mps":
         return hasattr(torch.backends.mps, "is_macos_or_newer") and torch.backends.mps.is_macos_or_newer(14, 0)
     # CPUs compute bf16 correctly but, without AMX units, slower than fp32: report no speed-up.
