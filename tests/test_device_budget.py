@@ -82,3 +82,10 @@ def test_quick_mode_switch(monkeypatch, value, quick):
         monkeypatch.setenv("SLM_QUICK", value)
     assert is_quick() is quick
     assert budget(full=5000, quick=20) == (20 if quick else 5000)
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_supports_bf16_only_natively_on_cuda(monkeypatch, capability, expected):
+    # A T4 (7.5) emulates bf16 slowly; Ampere (8.x) and Hopper (9.x) have it in hardware.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert supports_bf16(torch.device("cuda")) is expected
