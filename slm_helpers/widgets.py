@@ -61,7 +61,7 @@ def plot_next_token_distribution(own: torch.Tensor, sampler: torch.Tensor, token
     ax.bar(x, sampler[order].tolist(), width=0.5, color="tab:blue", label="sampler")
     ax.set_xticks(x)
     ax.set_xticklabels([token_label(tokenizer, int(i)) for i in order])
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, min(1.02, 1.15 * max(own[order].max().item(), sampler[order].max().item(), 0.05)))
     ax.set_ylabel("probability")
     ax.legend(loc="upper right")
     if title:
@@ -111,9 +111,13 @@ class Sampler:
         self.update_chart()
 
     def _ipython_display_(self):
+        """Show the panel (the same message in ipywidgets 7 and 8); where no kernel runs it, for
+        example a notebook viewed on GitHub, the text says what it is instead of a widget's repr."""
         from IPython.display import display
 
-        display(self.ui)
+        display({"text/plain": "Sampler panel: run the notebook in Jupyter or Colab to use it",
+                 "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                              "model_id": self.ui.model_id}}, raw=True)
 
     # ----- reading the controls
 

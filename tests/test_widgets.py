@@ -97,3 +97,14 @@ def test_static_picture_helpers(sampler):
     assert len(ax.get_xticklabels()) == 8
     assert token_label(sampler.tokenizer, sampler.tokenizer.encode(" ")[0]) == "\u2423"
     assert token_label(sampler.tokenizer, sampler.tokenizer.encode("\n")[0]) == "\u21b5"
+
+
+def test_display_sends_the_panel(sampler, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
+    sampler._ipython_display_()
+    (data, raw), = shown
+    assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == sampler.ui.model_id
+    assert data["text/plain"].startswith("Sampler panel")
