@@ -96,8 +96,13 @@ class MetricsLog:
         """Forget records after ``step``: a run resumed from its checkpoint at ``step`` logs them again."""
         if self.path is None or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by the crash that stopped the run
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:

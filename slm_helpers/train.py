@@ -107,19 +107,18 @@ def autocast_dtype(name: str, device: torch.device) -> tuple[torch.dtype | None,
     """The 16-bit type to autocast to on ``device`` (None: plain float32), and a note when the request
     cannot be met as asked.
 
-    bfloat16 keeps float32's range, so it needs no loss scaling; GPUs before Ampere (T4, V100) lack it
-    and get float16 instead. float16 needs a CUDA GPU here (its gradient scaler and fast kernels);
+    bfloat16 keeps float32's range, so it needs no loss scaling; GPUs before Ampere (T4, V100) only
+    emulate it and get float16 instead. float16 needs a CUDA GPU here (its gradient scaler and fast kernels);
     elsewhere training falls back to float32. On a CPU bfloat16 is computed correctly, but only CPUs
     with bfloat16 units (AMX, AVX512-BF16) are faster for it; "auto" keeps float32 there.
     """
     if name == "auto":
-        name = "bfloat16" if supports_bf16(device) and device.type == "cuda" else (
-            "float16" if device.type == "cuda" else "float32")
+        name = ("bfloat16" if supports_bf16(device) else "float16") if device.type == "cuda" else "float32"
     if name == "float32":
         return None, None
     if device.type == "cuda":
-        if name == "bfloat16" and not torch.cuda.is_bf16_supported():
-            return torch.float16, "this GPU has no bfloat16: training in float16 with a gradient scaler"
+        if name == "bfloat16" and not supports_bf16(device):  # emulated there: slower than float16
+            return torch.float16, "this GPU has no native bfloat16: training in float16 with a gradient scaler"
         return DTYPES[name], None
     if device.type == "cpu" and name == "bfloat16":
         return torch.bfloat16, None
@@ -193,6 +192,7 @@ class Trainer:
         self.step_losses: list[float] = []  # the training loss of every step
         self.best_val = math.inf
         self.train_seconds = 0.0  # time spent in training steps (evaluation excluded)
+        self.grad_norm: float | None = None  # of the last step, before clipping (None without clipping)
         self._marks = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) when each was last logged
         self.flops_per_token = flops_per_token(model) if hasattr(model, "config") else None
         self.peak_flops = peak_flops(self.device)
@@ -237,7 +237,8 @@ class Trainer:
             loss = self.train_step()
             if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
                 self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                                    "tokens": self.step * self.tokens_per_step, **self._speed("train")})
+                                    "grad_norm": self.grad_norm, "tokens": self.step * self.tokens_per_step,
+                                    **self._speed("train")})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
@@ -273,9 +274,10 @@ class Trainer:
                 loss = loss / self.micro_steps
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+        norm = None
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)  # the norm before clipping
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.world_size > 1:  # report the loss of the whole batch, not of this process's share
@@ -283,6 +285,7 @@ class Trainer:
             total /= self.world_size
         self.step += 1
         self.step_losses.append(total.item())  # .item() waits for the GPU, so the time below is real
+        self.grad_norm = norm.item() if norm is not None else None
         self.train_seconds += time.perf_counter() - start
         return self.step_losses[-1]
 

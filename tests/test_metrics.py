@@ -41,7 +41,7 @@ def test_every_evaluation_and_every_nth_step_is_a_line(poem_text, tmp_path):
     assert set(evals[-1]) >= {"train", "val", "val_ppl", "lr", "tokens", "tokens_per_sec", "mfu"}
     steps = read_metrics(tmp_path, kind="train")
     assert [r["loss"] for r in steps] == [trainer.step_losses[i - 1] for i in (2, 4, 6)]
-    assert all(r["tokens_per_sec"] > 0 for r in steps)
+    assert all(r["tokens_per_sec"] > 0 and r["grad_norm"] > 0 for r in steps)
 
 
 def test_plot_metrics_redraws_the_curves(poem_text, tmp_path):
@@ -58,7 +58,7 @@ def test_a_resumed_run_writes_the_same_log(poem_text, tmp_path):
     first = _trainer(poem_text, tmp_path / "b")
     first.fit(3, progress=False)
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # logged after the checkpoint, then a crash
-        f.write(json.dumps({"kind": "train", "step": 4, "loss": 9.9}) + "\n")
+        f.write(json.dumps({"kind": "train", "step": 4, "loss": 9.9}) + "\n" + '{"kind": "tra')  # and half a line
     second = _trainer(poem_text, tmp_path / "b", seed=5)
     second.resume(tmp_path / "b" / "last.pt")
     second.fit(progress=False)

@@ -73,10 +73,10 @@ def test_autocast_choices_on_the_cpu():
     assert dtype is None and "float32 on mps" in note
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_autocast_choices_on_a_gpu(monkeypatch, bf16, expected):
-    """The CUDA branches, without a GPU: only torch.cuda.is_bf16_supported is asked."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+@pytest.mark.parametrize("capability, bf16, expected", [((8, 0), True, torch.bfloat16), ((7, 5), False, torch.float16)])
+def test_autocast_choices_on_a_gpu(monkeypatch, capability, bf16, expected):
+    """The CUDA branches, without a GPU: only the compute capability is asked (8+: native bfloat16)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     gpu = torch.device("cuda")
     assert autocast_dtype("auto", gpu) == (expected, None)
     assert autocast_dtype("float16", gpu) == (torch.float16, None)
