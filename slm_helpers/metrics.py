@@ -112,9 +112,10 @@ class MetricsLog:
             with open(self.path, "a", encoding="utf-8") as f:  # opened per line: every line is on disk at once
                 f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            if self._run is None:  # a second fit() of the same trainer continues the same wandb run
+            if self._run is None:  # the same id: a second fit() of the same trainer continues the same wandb run
                 self._run = self.wandb.init(project=self.project, name=self.run_name, config=self.run_config,
-                                            id=self._run_id, resume="allow")
+                                            id=self._run_id, resume="allow",
+                                            dir=str(self.path.parent) if self.path is not None else None)
                 self._run_id = self._run.id
             numbers = {f"{record['kind']}/{k}": v for k, v in record.items()
                        if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -225,4 +225,8 @@ def token_dataset(source: str | Path, *, val_fraction: float = 0.1) -> Path:
 def _tinystories(split: str) -> Path:
     """The TinyStories text file of ``split`` ("train" or "valid"), downloaded into the cache once."""
     remote = TINYSTORIES[split]
-    return data_path(remote.url.rsplit("/", 1)[1], remote)
+    try:
+        return data_path(remote.url.rsplit("/", 1)[1], remote)
+    except SLMError as err:
+        raise SLMError(f"{err}; to train without TinyStories, use data: tinystories-sample+shakespeare "
+                       "(the shipped stand-in)") from None

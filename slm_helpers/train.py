@@ -222,6 +222,8 @@ class Trainer:
     def fit(self, max_iters: int | None = None, *, plot=None, progress: bool = True) -> list[dict]:
         """Train until step ``max_iters`` (default: the config's); returns the evaluation history."""
         max_iters = self.cfg.max_iters if max_iters is None else max_iters
+        if self.step == 0 and not self.history:
+            self.metrics.rewind(-1)  # a new run: lines left in metrics.jsonl by an earlier one are not its own
         self.model.train()
         bar = tqdm(total=max_iters, initial=self.step, disable=not (progress and self.is_main), file=sys.stdout,
                    desc="training", unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -236,9 +238,9 @@ class Trainer:
                 break
             loss = self.train_step()
             if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
-                self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                                    "grad_norm": self.grad_norm, "tokens": self.step * self.tokens_per_step,
-                                    **self._speed("train")})
+                self.metrics.write({"kind": "train", "step": self.step, "loss": loss,
+                                    "lr": lr_at(self.step - 1, self.cfg), "grad_norm": self.grad_norm,
+                                    "tokens": self.step * self.tokens_per_step, **self._speed("train")})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
@@ -302,9 +304,10 @@ class Trainer:
             losses = estimate_loss(self.fast_model, self.splits, batch_size=self.cfg.batch_size,
                                    block_size=self.block_size, eval_iters=self.cfg.eval_iters, device=self.device,
                                    seed=self.cfg.seed + self.step)
-        self.history.append({"step": self.step, **losses, "val_ppl": math.exp(losses["val"]) if losses["val"] < 700 else math.inf,
-                             "lr": lr_at(self.step, self.cfg), "tokens": self.step * self.tokens_per_step,
-                             "seconds": round(self.train_seconds, 2), **self._speed("eval")})
+        perplexity = math.exp(losses["val"]) if losses["val"] < 700 else math.inf  # exp overflows past 709
+        self.history.append({"step": self.step, **losses, "val_ppl": perplexity, "lr": lr_at(self.step, self.cfg),
+                             "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
+                             **self._speed("eval")})
         improved = losses["val"] < self.best_val
         self.best_val = min(self.best_val, losses["val"])  # before saving: the checkpoints hold the new best
         self.metrics.write({"kind": "eval", **self.history[-1]})

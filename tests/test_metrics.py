@@ -65,6 +65,12 @@ def test_a_resumed_run_writes_the_same_log(poem_text, tmp_path):
     assert _without_timings(read_metrics(tmp_path / "b")) == _without_timings(read_metrics(tmp_path / "a"))
 
 
+def test_a_new_run_starts_a_new_log(poem_text, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 500, "val": 0.1}) + "\n")
+    _trainer(poem_text, tmp_path).fit(progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path, kind="eval")] == [0, 3, 6]
+
+
 def test_read_metrics_errors(tmp_path):
     with pytest.raises(SLMError, match="no metrics log"):
         read_metrics(tmp_path)

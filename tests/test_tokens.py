@@ -145,7 +145,7 @@ def test_tinystories_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(tokens.TINYSTORIES, "valid", RemoteFile(f"http://127.0.0.1:{port}/v.txt", None, 10))
     with pytest.raises(SLMError, match="if you are offline") as err:
         token_dataset("tinystories-valid")
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "tinystories-sample+shakespeare" in str(err.value)
 
 
 def test_a_prepared_folder_is_used_as_is(tmp_path):

@@ -36,7 +36,8 @@ def main() -> None:
 
     device = pick_device(args.device)
     small = device.type == "cpu" and args.batch_size is None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device}, {torch.get_num_threads()} threads"
+    threads = f"{device}, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps per preset"
           + ("; CPU: batch 4, grad_accum 1, no compile" if small else ""))
     print(f"{'preset':<22}{'params':>8}{'tok/step':>10}{'dtype':>10}{'compile':>8}{'ms/step':>10}"
