@@ -216,6 +216,8 @@ class CausalSelfAttention(nn.Module):
         for part, name in enumerate(("query", "key", "value")):
             stacked = torch.cat([getattr(head, name).weight for head in mha.heads], dim=0)
             self.c_attn.weight[part * stacked.size(0):(part + 1) * stacked.size(0)].copy_(stacked)
+        if self.c_attn.bias is not None:  # teaching heads have no q/k/v bias: the same function needs zeros
+            self.c_attn.bias.zero_()
         self.c_proj.load_state_dict(mha.proj.state_dict())
 
 
@@ -305,7 +307,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
-        """Attention weights of every layer and head for ``idx``: shape (n_layer, B, n_head, T, T)."""
+        """Attention weights of every layer and head for ``idx``: shape (n_layer, B, n_head, T, T).
+
+        Always computed as in evaluation (no dropout), whatever mode the model is in."""
+        if idx.size(1) > self.config.block_size:
+            raise SLMError(f"sequence of {idx.size(1)} tokens is longer than the model's context "
+                           f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
+        was_training = self.training
+        self.eval()
         x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1), device=idx.device))
         maps = []
         for block in self.transformer.h:
@@ -313,4 +322,5 @@ class GPT(nn.Module):
             maps.append(weights)
             x = x + y
             x = x + block.mlp(block.ln_2(x))
+        self.train(was_training)
         return torch.stack(maps)
