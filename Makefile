@@ -50,6 +50,8 @@ endif
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_cpu_preset.py
 	$(BIN)/python tests/benchmarks/bench_bpe.py
+	$(BIN)/python tests/benchmarks/bench_kv_cache.py
+	$(BIN)/python tests/benchmarks/bench_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
