@@ -157,11 +157,6 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled, the same in every layer
 
-    @property
-    def free(self) -> int:
-        """How many more positions fit before the context is full."""
-        return self.k.size(3) - self.length
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store ``layer``'s keys and values of the new positions after the cached ones; return all of them."""
         end = self.length + k.size(2)

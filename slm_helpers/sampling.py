@@ -115,11 +115,13 @@ class _NextLogits:
     cache when it has one (``model.new_cache``), so each step runs the model on the new token only.
 
     Position embeddings are absolute: once the context is full, the window slides, every position
-    shifts, and every cached key and value is stale. The cache is then rebuilt over the last
-    ``keep`` tokens. ``keep = block_size`` (the default) gives exactly what the uncached generator
-    computes, at the price of a full pass per token from then on; a smaller ``keep`` rebuilds
-    only every ``block_size - keep + 1`` tokens, but the model then sees between ``keep`` and
-    ``block_size`` tokens of context instead of always ``block_size``.
+    shifts, and every cached key and value is stale. The window then restarts from the last
+    ``keep`` tokens and grows again up to ``block_size``. ``keep = block_size`` (the default) slides
+    it by one token per step, the usual crop to the last ``block_size`` tokens, which costs the cache
+    a full pass per token from then on; a smaller ``keep`` restarts it only every
+    ``block_size - keep + 1`` tokens, but the model then sees between ``keep`` and ``block_size``
+    tokens of context instead of always ``block_size``. The rule is the same with and without the
+    cache, so the cache changes the speed, never the tokens.
     """
 
     def __init__(self, model, use_cache: bool = True, keep: int | None = None):
@@ -129,20 +131,20 @@ class _NextLogits:
         self.keep = self.block_size if keep is None else keep
         if not (isinstance(self.keep, int) and 1 <= self.keep <= self.block_size):
             raise SLMError(f"keep must be between 1 and the model's block_size ({self.block_size}), got {keep!r}")
+        self.start = None  # where the window the model sees begins
         self.cache = None
         self.fed = 0  # how many tokens of each sequence the cache has seen
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        if not self.use_cache:  # the model cannot see further back than block_size anyway
-            return self.model(idx[:, -self.block_size:])[0][:, -1]
-        first = self.cache is None
-        if first or idx.size(1) - self.fed > self.cache.free:
-            self.cache = self.model.new_cache(idx.size(0))
-            window = idx[:, -(self.block_size if first else self.keep):]
-        else:
-            window = idx[:, self.fed:]  # only the tokens the cache has not seen
-        logits = self.model(window, cache=self.cache)[0][:, -1]
-        self.fed = idx.size(1)
+        length = idx.size(1)
+        if self.start is None or length - self.start > self.block_size:  # first call, or the window is full
+            self.start = max(0, length - (self.block_size if self.start is None else self.keep))
+            if self.use_cache:
+                self.cache, self.fed = self.model.new_cache(idx.size(0)), self.start
+        if not self.use_cache:
+            return self.model(idx[:, self.start:])[0][:, -1]
+        logits = self.model(idx[:, self.fed:], cache=self.cache)[0][:, -1]  # only what the cache has not seen
+        self.fed = length
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -192,11 +194,11 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
              keep: int | None = None) -> torch.Tensor:
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
-    Only the last ``model.block_size`` tokens are fed back in: a longer sequence is cropped from
-    the left, as the model cannot see further back anyway. With ``use_cache`` (and a model that
-    has a KV cache) the model runs on one new token per step instead of the whole window; the
-    tokens are the same as without it. ``keep`` sets how the cache is rebuilt once the context is
-    full (default ``block_size``: exactly like the uncached generator; see ``_NextLogits``).
+    The model sees at most its last ``model.block_size`` tokens: a longer sequence is cropped from
+    the left, as the model cannot see further back anyway. ``keep`` sets where the window restarts
+    once it is full (default ``block_size``: the plain crop; see ``_NextLogits``). With ``use_cache``
+    (and a model that has a KV cache) the model runs on one new token per step instead of the whole
+    window; the tokens are the same as without it.
     """
     new = list(token_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, generator=generator,
