@@ -42,10 +42,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str = "custom"
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "data": self.data, "tokenizer": self.tokenizer,
-                "val_fraction": self.val_fraction, "model": dict(self.model), "train": self.train.to_dict()}
-
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -89,16 +85,17 @@ def _build(raw: dict, source: str) -> RunConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SLMError(f"unknown key(s) {', '.join(unknown)} in {source}; known keys: {', '.join(sorted(known))}")
-    if raw.get("tokenizer", "char") not in TOKENIZERS:
-        raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {raw['tokenizer']!r} in {source}")
+    tokenizer = raw.get("tokenizer", "char")
+    if tokenizer not in TOKENIZERS:
+        raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r} in {source}")
     val_fraction = raw.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise SLMError(f"val_fraction in {source} must be a number between 0 and 1, got {val_fraction!r}")
     model_fields = {f.name: f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
     model = _checked(raw.get("model") or {}, model_fields, "model", source)
     train = _checked(raw.get("train") or {}, {f.name: f for f in dataclasses.fields(TrainConfig)}, "train", source)
-    return RunConfig(data=str(raw.get("data", "shakespeare")), tokenizer=raw.get("tokenizer", "char"),
-                     val_fraction=float(raw.get("val_fraction", 0.1)), model=model,
+    return RunConfig(data=str(raw.get("data", "shakespeare")), tokenizer=tokenizer,
+                     val_fraction=float(val_fraction), model=model,
                      train=TrainConfig(**train), name=str(raw.get("name", "custom")))
 
 

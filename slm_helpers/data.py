@@ -87,8 +87,12 @@ def data_path(filename: str, remote: RemoteFile | None = None) -> Path:
     if remote is None and filename not in DATA_FILES:
         raise SLMError(f"unknown data file {filename!r}; known files: {', '.join(sorted(DATA_FILES))}")
     remote = remote or DATA_FILES[filename]
-    return download(remote.url, _search_dirs()[0 if os.environ.get("SLM_DATA_DIR") else -1] / filename,
-                    sha256=remote.sha256, size=remote.size)
+    return download(remote.url, download_dir() / filename, sha256=remote.sha256, size=remote.size)
+
+
+def download_dir() -> Path:
+    """Where downloads go: ``$SLM_DATA_DIR`` if set, else the user's cache folder."""
+    return Path(os.environ.get("SLM_DATA_DIR") or CACHE_DIR)
 
 
 def download(url: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None,
@@ -196,10 +200,14 @@ def load_text(name_or_path: str | Path) -> str:
 
 def train_val_split(data, val_fraction: float = 0.1):
     """First ``1 - val_fraction`` for training, the rest for validation (no shuffling: text is ordered)."""
-    if not 0 < val_fraction < 1:
-        raise SLMError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
     n = int(len(data) * (1 - val_fraction))
     return data[:n], data[n:]
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise SLMError(f"val_fraction must be between 0 and 1, got {val_fraction}")
 
 
 def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: torch.device | str = "cpu",
@@ -219,8 +227,9 @@ def batch_at(data, starts: torch.Tensor, block_size: int,
     ``data`` is a 1-D LongTensor, or anything that indexes like one, such as a ``tokens.TokenFile`` on disk.
     """
     windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
-    x, y = windows[:, :-1], windows[:, 1:]
     device = torch.device(device)
     if device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        windows = windows.pin_memory().to(device, non_blocking=True)
+    else:
+        windows = windows.to(device)
+    return windows[:, :-1], windows[:, 1:]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SLMError
+from .model import eval_mode
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,7 @@ def split_loss(model, ids, *, block_size: int | None = None, stride: int | None 
     device = next(model.parameters()).device
     windows = _windows(len(ids), block_size, stride)
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for length in sorted({end - begin for begin, end, _ in windows}):  # equal lengths batch together
             same = [w for w in windows if w[1] - w[0] == length]
             for i in range(0, len(same), batch_size):
@@ -93,9 +92,7 @@ def split_loss(model, ids, *, block_size: int | None = None, stride: int | None 
                 new = torch.tensor([n for _, _, n in batch], device=device)
                 scored = torch.arange(length, device=device) >= length - new[:, None]  # the last `new` of each row
                 total += nll.view(len(batch), length)[scored].double().sum().item()
-                count += int(new.sum())
-    finally:
-        model.train(was_training)
+                count += sum(n for _, _, n in batch)
     return total / count, count
 
 

@@ -14,6 +14,7 @@ seen, so each new token costs one position of work instead of a pass over the wh
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -137,6 +138,17 @@ class AttentionLM(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with ``model`` in eval mode (no dropout), then put back the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------- the GPT
@@ -283,13 +295,8 @@ class GPT(nn.Module):
         With a ``cache``, ``idx`` holds only the tokens after the cached ones: they sit at positions
         ``cache.length`` onwards, and their keys and values are added to the cache.
         """
-        B, T = idx.shape
-        past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
-            raise SLMError(f"sequence of {past + T} tokens is longer than the model's context "
-                           f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        T = idx.size(1)
+        x = self.transformer.drop(self._embed(idx, past=cache.length if cache is not None else 0))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:
@@ -305,17 +312,21 @@ class GPT(nn.Module):
         """Attention weights of every layer and head for ``idx``: shape (n_layer, B, n_head, T, T).
 
         Always computed as in evaluation (no dropout), whatever mode the model is in."""
-        if idx.size(1) > self.config.block_size:
-            raise SLMError(f"sequence of {idx.size(1)} tokens is longer than the model's context "
-                           f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
-        was_training = self.training
-        self.eval()
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1), device=idx.device))
         maps = []
-        for block in self.transformer.h:
-            y, weights = block.attn(block.ln_1(x), return_weights=True)
-            maps.append(weights)
-            x = x + y
-            x = x + block.mlp(block.ln_2(x))
-        self.train(was_training)
+        with eval_mode(self):
+            x = self._embed(idx)
+            for block in self.transformer.h:
+                y, weights = block.attn(block.ln_1(x), return_weights=True)
+                maps.append(weights)
+                x = x + y
+                x = x + block.mlp(block.ln_2(x))
         return torch.stack(maps)
+
+    def _embed(self, idx: torch.Tensor, past: int = 0) -> torch.Tensor:
+        """Token plus position embeddings of ``idx``, whose tokens sit at positions ``past`` onwards."""
+        T = idx.size(1)
+        if past + T > self.config.block_size:
+            raise SLMError(f"sequence of {past + T} tokens is longer than the model's context "
+                           f"(block_size={self.config.block_size}); crop it to the last {self.config.block_size}")
+        pos = torch.arange(past, past + T, device=idx.device)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SLMError
+from .model import eval_mode
 
 
 def _is_number(x) -> bool:
@@ -91,6 +92,12 @@ def next_token_probs(logits: torch.Tensor, *, temperature: float = 1.0, top_k: i
     mass reaches ``top_p`` (always at least one).
     """
     check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    return _next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                             repetition_penalty=repetition_penalty, previous=previous)
+
+
+def _next_token_probs(logits, *, temperature, top_k, top_p, repetition_penalty, previous):
+    """``next_token_probs`` for options already checked: the generation loops call it at every step."""
     logits = apply_repetition_penalty(logits.float(), previous, repetition_penalty)
     if temperature == 0:
         return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
@@ -172,20 +179,16 @@ def token_stream(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: 
 
 @torch.no_grad()
 def _token_stream(model, idx, max_new_tokens, next_logits, generator, options):
-    was_training = model.training
-    model.eval()  # no dropout while generating
-    try:
+    with eval_mode(model):  # no dropout while generating
         for _ in range(max_new_tokens):
             previous = idx if options["repetition_penalty"] != 1 else None
-            probs = next_token_probs(next_logits(idx), previous=previous, **options)
+            probs = _next_token_probs(next_logits(idx), previous=previous, **options)
             if options["temperature"] == 0:
                 next_id = probs.argmax(-1, keepdim=True)
             else:  # drawn on the CPU, so a seed gives the same sample on every device
                 next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(idx.device)
             idx = torch.cat([idx, next_id], dim=1)
             yield next_id
-    finally:
-        model.train(was_training)
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
@@ -244,12 +247,10 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, *, num_beams: int
     next_logits = _NextLogits(model, use_cache, keep)
     beams, scores = idx, [0.0]  # the live beams (n, T + step) and their sums of log-probabilities
     finished: list[tuple[float, torch.Tensor]] = []  # (normalised score, ids), best first
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for step in range(1, max_new_tokens + 1):
             previous = beams if repetition_penalty != 1 else None
-            logprobs = next_token_probs(next_logits(beams), previous=previous, **options).log()
+            logprobs = _next_token_probs(next_logits(beams), previous=previous, **options).log()
             candidates = (torch.tensor(scores, device=logprobs.device)[:, None] + logprobs).flatten()
             # 2 * num_beams candidates: even if num_beams of them finish, num_beams stay alive
             top = candidates.topk(min(2 * num_beams, candidates.numel()))
@@ -279,8 +280,6 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, *, num_beams: int
                 break
         if beams.size(1) - T == max_new_tokens and max_new_tokens > 0:  # live beams at full length finish too
             finished += [(length_normalised(s, max_new_tokens, length_penalty), b) for s, b in zip(scores, beams)]
-    finally:
-        model.train(was_training)
     if not finished:
         return idx, 0.0
     best_score, best = max(finished, key=lambda f: f[0])
@@ -307,7 +306,8 @@ def _unfinished_tail(text: str, stop: tuple[str, ...]) -> int:
     return tail
 
 
-def _prompt_ids(model, tokenizer, prompt: str) -> torch.Tensor:
+def prompt_ids(model, tokenizer, prompt: str) -> torch.Tensor:
+    """The prompt's token ids, shape (1, T), on the model's device."""
     device = next(model.parameters()).device
     if not isinstance(prompt, str):
         raise SLMError(f"the prompt must be a str, got {type(prompt).__name__}")
@@ -332,7 +332,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, *, temperat
                   repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise SLMError(f"seed must be an integer (or None for a fresh sample each time), got {seed!r}")
-    idx = _prompt_ids(model, tokenizer, prompt)
+    idx = prompt_ids(model, tokenizer, prompt)
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                    use_cache=use_cache, keep=keep)
     if num_beams > 1:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import CACHE_DIR, CORPORA, RemoteFile, data_path, load_text
+from .data import CORPORA, RemoteFile, check_val_fraction, data_path, download_dir, load_text
+from .tokenizers.bpe import ENDOFTEXT
 from .errors import SLMError
 
-EOT = "<|endoftext|>"  # GPT-2's document separator, id 50256; TinyStories puts it between stories
 
 _TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 TINYSTORIES = {  # version 2: the stories GPT-4 wrote (the cleaner half of the dataset)
@@ -129,9 +129,10 @@ def _encode_sources(sources, out_path: Path, desc: str, chunk_chars: int) -> int
                 if chunk is not None:
                     pending.append(chunk)
                 if pending and (chunk is None or len(pending) == threads):
-                    # tiktoken encodes a batch on several threads; EOT in the text is TinyStories' separator
+                    # tiktoken encodes a batch on several threads; <|endoftext|> in the text is
+                    # TinyStories' separator between stories
                     for text, ids in zip(pending, enc.encode_batch(pending, num_threads=threads,
-                                                                   allowed_special={EOT})):
+                                                                   allowed_special={ENDOFTEXT})):
                         np.asarray(ids, dtype=np.uint16).tofile(out)
                         written += len(ids)
                         bar.update(len(text.encode("utf-8")))
@@ -149,8 +150,8 @@ def prepare_tokens(train: list[str | Path], out_dir: str | Path, *, val: list[st
     of the tokens of ``train`` become the validation split (no shuffling, as ``data.train_val_split``).
     The files appear only when complete: ``meta.json`` is written last.
     """
-    if val is None and not 0 < val_fraction < 1:
-        raise SLMError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if val is None:
+        check_val_fraction(val_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
@@ -167,8 +168,8 @@ def prepare_tokens(train: list[str | Path], out_dir: str | Path, *, val: list[st
     os.replace(val_tmp, out_dir / "val.bin")
     from .tokenizers import gpt2_encoding
 
-    meta = {"tokenizer": "gpt2", "vocab_size": gpt2_encoding().n_vocab, "dtype": "uint16",
-            "eot_token": gpt2_encoding().eot_token, "train": [str(s) for s in train],
+    enc = gpt2_encoding()
+    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": "uint16", "eot_token": enc.eot_token, "train": [str(s) for s in train],
             "val": [str(s) for s in val] if val is not None else None,
             "val_fraction": None if val is not None else val_fraction,
             "train_tokens": n_train, "val_tokens": n_val}
@@ -186,7 +187,7 @@ def load_meta(folder: str | Path) -> dict:
 
 def tokens_root() -> Path:
     """Where prepared token folders are cached: ``$SLM_DATA_DIR/tokens`` or ``~/.cache/slm_helpers/tokens``."""
-    return Path(os.environ.get("SLM_DATA_DIR") or CACHE_DIR) / "tokens"
+    return download_dir() / "tokens"
 
 
 def token_dataset(source: str | Path, *, val_fraction: float = 0.1) -> Path:

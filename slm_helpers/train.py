@@ -31,7 +31,7 @@ from .data import batch_at, get_batch
 from .device import supports_bf16
 from .errors import SLMError
 from .metrics import MetricsLog, flops_per_token, mfu, peak_flops
-from .model import CausalSelfAttention
+from .model import CausalSelfAttention, eval_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -132,17 +132,15 @@ def estimate_loss(model: nn.Module, splits: dict, *, batch_size: int, block_size
 
     It draws from its own generator seeded with ``seed``, so measuring never changes what training sees.
     """
-    was_training = model.training
-    model.eval()
     out = {}
-    for name, data in splits.items():
-        generator = torch.Generator().manual_seed(seed)
-        losses = torch.empty(eval_iters)
-        for i in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, device, generator)
-            losses[i] = model(x, y)[1].item()
-        out[name] = losses.mean().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for name, data in splits.items():
+            generator = torch.Generator().manual_seed(seed)
+            losses = torch.empty(eval_iters)
+            for i in range(eval_iters):
+                x, y = get_batch(data, batch_size, block_size, device, generator)
+                losses[i] = model(x, y)[1].item()
+            out[name] = losses.mean().item()
     return out
 
 
@@ -312,9 +310,10 @@ class Trainer:
         self.best_val = min(self.best_val, losses["val"])  # before saving: the checkpoints hold the new best
         self.metrics.write({"kind": "eval", **self.history[-1]})
         if self.out_dir is not None and hasattr(self.model, "config") and self.is_main:
-            save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+            state = self.state_dict()
+            save_checkpoint(state, self.out_dir / "last.pt")
             if improved:
-                save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
+                save_checkpoint(state, self.out_dir / "best.pt")
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from .errors import SLMError
-from .sampling import next_token_probs, stream
+from .model import eval_mode
+from .sampling import next_token_probs, prompt_ids, stream
 
 
 def token_label(tokenizer, token_id: int) -> str:
@@ -31,12 +32,9 @@ def token_label(tokenizer, token_id: int) -> str:
 @torch.no_grad()
 def prompt_logits(model, tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt's token ids (1, T) and the model's logits for the token after it (1, V)."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([tokenizer.encode(prompt or "\n")], device=device)  # empty: start at a line break
-    was_training = model.training
-    model.eval()
-    logits = model(ids[:, -model.block_size:])[0][:, -1]
-    model.train(was_training)
+    ids = prompt_ids(model, tokenizer, prompt)
+    with eval_mode(model):
+        logits = model(ids[:, -model.block_size:])[0][:, -1]
     return ids, logits
 
 
@@ -103,7 +101,7 @@ class Sampler:
         self._cached = (None, None)  # (prompt, its ids and logits): moving a slider need not re-run the model
 
         for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty):
-            control.observe(self._changed, names="value")
+            control.observe(self.update_chart, names="value")
         self.button.on_click(self.generate)
         controls = widgets.VBox([self.temperature, self.top_k, self.top_p, self.repetition_penalty,
                                  self.length, self.num_beams, self.seed, self.button])
@@ -129,10 +127,7 @@ class Sampler:
 
     # ----- the chart
 
-    def _changed(self, change=None) -> None:
-        self.update_chart()
-
-    def update_chart(self) -> None:
+    def update_chart(self, change=None) -> None:
         """Redraw the next-token distribution for the current prompt and options."""
         try:
             prompt = self.prompt.value

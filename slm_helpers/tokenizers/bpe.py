@@ -211,7 +211,6 @@ class BPETokenizer:
             raise SLMError("two special tokens share one id; give each its own id")
         self.pattern = pattern
         self._split = regex.compile(pattern)
-        self._n_ordinary = len(vocab)
         size = max([len(vocab) - 1, *self.special_tokens.values()]) + 1
         self._vocab: list[bytes | None] = vocab + [None] * (size - len(vocab))  # None: unused id
         for s, i in self.special_tokens.items():
@@ -345,8 +344,9 @@ class BPETokenizer:
         """The same tokenizer as a ``tiktoken.Encoding`` (Rust, much faster), giving the same ids."""
         import tiktoken
 
-        ranks = {self._vocab[i]: i for i in range(self._n_ordinary)}
-        if len(ranks) != self._n_ordinary:
+        n_ordinary = 256 + len(self.merges)  # the byte and merge ids; special tokens go separately
+        ranks = {self._vocab[i]: i for i in range(n_ordinary)}
+        if len(ranks) != n_ordinary:
             raise SLMError("two merges produce the same bytes, which tiktoken cannot represent; "
                            "use this tokenizer's own encode")
         return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=ranks,

@@ -41,16 +41,11 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def gpt2_byte_order() -> list[int]:
-    """GPT-2's ids 0..255 -> byte value: the printable bytes first, then the others (id 0 is '!')."""
-    return list(bytes_to_unicode())  # dict order: printable bytes, then the rest
-
-
 def gpt2_tokenizer() -> BPETokenizer:
     """Our :class:`BPETokenizer` loaded with GPT-2's 50,000 merges; same ids as GPT-2 (50,257 in all)."""
     byte_encoder = bytes_to_unicode()
     byte_decoder = {ch: b for b, ch in byte_encoder.items()}
-    byte_order = gpt2_byte_order()
+    byte_order = list(byte_encoder)  # GPT-2's ids 0..255: the printable bytes first, then the rest (id 0 is '!')
     token_id = {bytes([b]): i for i, b in enumerate(byte_order)}  # bytes -> id, grown merge by merge
     merges = []
     lines = _gpt2_file("vocab.bpe").read_text(encoding="utf-8").split("\n")

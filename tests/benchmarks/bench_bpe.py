@@ -11,11 +11,9 @@ compares encode throughput of our encoder with the exported tiktoken Encoding.
 import argparse
 import os
 import time
-from pathlib import Path
 
+from slm_helpers.data import load_text
 from slm_helpers.tokenizers import BPETokenizer, gpt2_encoding, gpt2_tokenizer, train_merges, train_merges_naive
-
-DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def timed(fn, *args, **kwargs):
@@ -30,7 +28,7 @@ def main():
     parser.add_argument("--naive-merges", type=int, default=64, help="merges to run with the naive trainer")
     args = parser.parse_args()
 
-    text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = load_text("shakespeare")
     mb = len(text.encode("utf-8")) / 1e6
     print(f"Tiny Shakespeare: {len(text):,} characters ({mb:.2f} MB); CPU cores visible: {os.cpu_count()}")
 
