@@ -32,6 +32,9 @@ def test_notebook_shape(path):
     assert BADGE.format(path.name) in title, "the Colab badge must open this very notebook"
     setup = _source(cells[1])
     assert '"google.colab" in sys.modules' in setup and "pip install" in setup
+    assert setup == _source(_cells(NOTEBOOKS[0])[1]), "every lesson starts with the same Colab cell"
+    assert 'if not os.path.isdir("/content/build-a-gpt")' in setup, "a re-run must not clone again (git error)"
+    assert '# from google.colab import drive; drive.mount("/content/drive"); os.environ["SLM_RUNS_DIR"]' in setup
     code = "\n".join(_source(c) for c in cells if c["cell_type"] == "code")
     trains = ".fit(" in code or ".backward()" in code
     assert "budget(" in code or not trains, "a notebook that trains reads quick mode in one visible budget(...) line"
