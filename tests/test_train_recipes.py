@@ -124,6 +124,34 @@ def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_pa
     assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
 
 
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_float16_with_the_gradient_scaler_trains_like_float32(corpus, monkeypatch, grad_clip):
+    """The same 6 steps in float16 + GradScaler (CPU autocast) and in plain float32: every step's loss
+    within 1e-3 and, with clipping, the gradient norm before clipping within 1%, as the true gradients
+    give. A clip of the still-scaled gradients would see norms 65,536 times too large (the scaler's
+    starting scale) and shrink every step to nothing. At this size no step overflows (the scale stays
+    at 65,536); a skipped step would make the two runs part ways by design."""
+    fp32 = _trainer(corpus, grad_clip=grad_clip)
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda name, device: (torch.float16, None))
+    fp16 = _trainer(corpus, dtype="float16", grad_clip=grad_clip)
+    assert fp16.scaler.is_enabled() and not fp32.scaler.is_enabled()
+    with fp16.autocast():
+        assert fp16.model(*batch_at(fp16.splits["train"], torch.tensor([0]), 8))[0].dtype == torch.float16
+    losses, norms = {"fp16": [], "fp32": []}, {"fp16": [], "fp32": []}
+    for _ in range(6):
+        for name, trainer in (("fp16", fp16), ("fp32", fp32)):
+            losses[name].append(trainer.train_step())
+            norms[name].append(trainer.grad_norm)
+    assert fp16.scaler.get_scale() == 2.0**16  # no step was skipped
+    if grad_clip:
+        assert norms["fp16"] == pytest.approx(norms["fp32"], rel=1e-2)
+        assert max(norms["fp32"]) > grad_clip  # clipping did act on some steps
+    else:
+        assert norms["fp16"] == norms["fp32"] == [None] * 6
+    assert losses["fp16"] == pytest.approx(losses["fp32"], abs=1e-3)
+    assert losses["fp16"][-1] < losses["fp16"][0] - 0.15  # and it learns
+
+
 # ---------------------------------------------------------------- compile and fused attention
 
 def test_compile_flag_reaches_torch_compile(corpus, monkeypatch):
