@@ -98,6 +98,28 @@ def test_gpt_loss_matches_side_by_side_windows(tiny_config):
     assert split_loss(model, ids, stride=2)[1] == 40 and math.isfinite(longer_context)
 
 
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_strided_loss_gives_each_target_the_promised_context(tiny_config, stride):
+    """Against a brute-force loop, one forward pass per target: windows start every ``stride`` tokens
+    and a target is scored by the first window that holds it, so target t (at position t of the text)
+    sees the tokens from that window's start, k * stride with k the smallest such that
+    k * stride + block_size >= t. With stride 1 that is the last block_size tokens before it."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    block = tiny_config.block_size
+    ids = torch.randint(0, 20, (30,), generator=torch.Generator().manual_seed(1))
+    nll = []
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            begin = max(0, math.ceil((t - block) / stride)) * stride
+            assert t - begin >= (block - stride + 1 if t > block else t)  # the context the docstring promises
+            logits = model(ids[None, begin:t])[0][0, -1]
+            nll.append(F.cross_entropy(logits, ids[t]).item())
+    loss, tokens = split_loss(model, ids, stride=stride, batch_size=4)
+    assert tokens == len(ids) - 1
+    assert loss == pytest.approx(sum(nll) / len(nll), abs=1e-5)
+
+
 def test_bad_input_is_a_clear_error(tiny_config):
     model = GPT(tiny_config)
     with pytest.raises(SLMError, match="stride must be between 1 and block_size"):
