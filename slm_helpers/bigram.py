@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import SLMError
+from .model import language_model_loss
 
 
 class CountingBigram:
@@ -55,9 +55,7 @@ class BigramLanguageModel(nn.Module):
         super().__init__()
         self.logits_table = nn.Embedding(vocab_size, vocab_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.logits_table(idx)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, only_last: bool = False):
+        """Logits (B, T, V) and the loss if ``targets`` are given; ``only_last``: see ``GPT.forward``."""
+        logits = self.logits_table(idx[:, -1:] if only_last else idx)  # (B, T, V)
+        return logits, language_model_loss(logits, targets, only_last)

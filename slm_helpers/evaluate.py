@@ -91,7 +91,9 @@ def split_loss(model, ids, *, block_size: int | None = None, stride: int | None 
                 nll = F.cross_entropy(model(x)[0].float().flatten(0, 1), y.flatten(), reduction="none")
                 new = torch.tensor([n for _, _, n in batch], device=device)
                 scored = torch.arange(length, device=device) >= length - new[:, None]  # the last `new` of each row
-                total += nll.view(len(batch), length)[scored].double().sum().item()
+                # Each batch is summed in float32 and the batches in a Python float (float64): exact enough for
+                # a million tokens, with no float64 tensor on the device (Apple's MPS has none).
+                total += nll.view(len(batch), length)[scored].sum().item()
                 count += sum(n for _, _, n in batch)
     return total / count, count
 

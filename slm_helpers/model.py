@@ -33,15 +33,22 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.2
     bias: bool = False  # biases in Linear and LayerNorm; without them GPTs train as well and a bit faster
+    # Round the embedding and output layer up to a multiple of this many rows: GPU tensor cores are
+    # fastest on multiples of 64 (GPT-2's 50,257 -> 50,304). The extra rows are never predicted.
+    vocab_multiple: int = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise SLMError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise SLMError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise SLMError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,14 +137,25 @@ class AttentionLM(nn.Module):
         self.feed_forward = FeedForward(n_embd, dropout) if feed_forward else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, only_last: bool = False):
+        """Logits (B, T, vocab_size) and the loss if ``targets`` are given; ``only_last``: see ``GPT.forward``."""
         T = idx.size(1)
         x = self.token_embedding(idx) + self.position_embedding(torch.arange(T, device=idx.device))
-        logits = self.lm_head(self.feed_forward(self.attention(x)))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
+        x = self.attention(x)  # (B, T, n_embd)
+        if only_last:
+            x = x[:, -1:]  # the feed-forward layer and lm_head work per position
+        logits = self.lm_head(self.feed_forward(x))
+        return logits, language_model_loss(logits, targets, only_last)
+
+
+def language_model_loss(logits: torch.Tensor, targets: torch.Tensor | None, only_last: bool = False):
+    """Mean cross-entropy of ``logits`` (B, T, V) against ``targets`` (B, T); None without targets."""
+    if targets is None:
+        return None
+    if only_last:
+        raise SLMError("only_last=True computes the last position's logits only, so it gives no loss; "
+                       "drop it when you pass targets")
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 @contextmanager
@@ -250,13 +268,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: reading a token in and writing it out use one matrix, which saves
         # vocab_size * n_embd parameters and trains better on small data.
         self.transformer.wte.weight = self.lm_head.weight
@@ -289,9 +307,13 @@ class GPT(nn.Module):
         weight = self.lm_head.weight
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """Logits for every position of ``idx`` (and the loss if ``targets`` are given).
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                *, only_last: bool = False):
+        """Logits (B, T, vocab_size) for every position of ``idx``, and the loss if ``targets`` are given.
 
+        ``only_last=True`` gives the last position's logits only, (B, 1, vocab_size): all generation
+        needs, as in nanoGPT. With a 50,257-way output layer the logits of the other positions would be
+        most of the cost of a long prompt. Training and evaluation keep every position.
         With a ``cache``, ``idx`` holds only the tokens after the cached ones: they sit at positions
         ``cache.length`` onwards, and their keys and values are added to the cache.
         """
@@ -301,11 +323,11 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
+        if only_last:
+            x = x[:, -1:]  # (B, 1, n_embd): LayerNorm and lm_head work per position
+        # The padding rows of a rounded-up vocabulary are cut off: never sampled, never in a loss.
+        logits = self.lm_head(self.transformer.ln_f(x))[..., :self.config.vocab_size]  # (B, T, vocab_size)
+        return logits, language_model_loss(logits, targets, only_last)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:

@@ -149,8 +149,9 @@ class _NextLogits:
             if self.use_cache:
                 self.cache, self.fed = self.model.new_cache(idx.size(0)), self.start
         if not self.use_cache:
-            return self.model(idx[:, self.start:])[0][:, -1]
-        logits = self.model(idx[:, self.fed:], cache=self.cache)[0][:, -1]  # only what the cache has not seen
+            return self.model(idx[:, self.start:], only_last=True)[0][:, -1]
+        # Only what the cache has not seen goes in; only the last position's logits come out.
+        logits = self.model(idx[:, self.fed:], cache=self.cache, only_last=True)[0][:, -1]
         self.fed = length
         return logits
 

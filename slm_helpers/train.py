@@ -339,9 +339,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         expected = self.model.config.to_dict()
-        if state["model_config"] != expected:
-            diff = {k: (state["model_config"].get(k), v) for k, v in expected.items()
-                    if state["model_config"].get(k) != v}
+        saved = type(self.model.config)(**state["model_config"]).to_dict()  # fields added since take their defaults
+        if saved != expected:
+            diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
             raise SLMError("checkpoint was trained with a different model config ("
                            + ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
                            + "); resume with the same preset, or train into a new --out folder")

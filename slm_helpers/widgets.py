@@ -34,7 +34,7 @@ def prompt_logits(model, tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Te
     """The prompt's token ids (1, T) and the model's logits for the token after it (1, V)."""
     ids = prompt_ids(model, tokenizer, prompt)
     with eval_mode(model):
-        logits = model(ids[:, -model.block_size:])[0][:, -1]
+        logits = model(ids[:, -model.block_size:], only_last=True)[0][:, -1]
     return ids, logits
 
 

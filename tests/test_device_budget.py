@@ -8,8 +8,10 @@ import torch
 
 from slm_helpers import device as device_mod
 from slm_helpers.budget import budget, is_quick
-from slm_helpers.device import environment_report, pick_device, seed_everything, supports_bf16
+from slm_helpers.device import (environment_report, has_tf32, pick_device, seed_everything, supports_bf16,
+                                 synchronize)
 from slm_helpers.errors import SLMError
+from slm_helpers.train import autocast_dtype
 
 
 @pytest.fixture
@@ -89,3 +91,43 @@ def test_supports_bf16_only_natively_on_cuda(monkeypatch, capability, expected):
     # A T4 (7.5) emulates bf16 slowly; Ampere (8.x) and Hopper (9.x) have it in hardware.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert supports_bf16(torch.device("cuda")) is expected
+
+
+@pytest.fixture
+def tf32_off():
+    """TF32 switched off, then put back as it was (the flags are global)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_pick_device_turns_on_tf32_only_for_cuda(monkeypatch, tf32_off):
+    monkeypatch.delenv("SLM_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: False)
+    assert pick_device().type == "cpu" and not torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device().type == "cuda"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert has_tf32("cuda") and not has_tf32("cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4 has no TF32
+    assert not has_tf32("cuda")
+
+
+@pytest.mark.parametrize("kind, capability", [("cpu", None), ("mps", None), ("cuda", (7, 5)), ("cuda", (8, 0))])
+def test_supports_bf16_agrees_with_the_training_dtype(monkeypatch, kind, capability):
+    # Lesson 8 prints supports_bf16 as "bfloat16 chosen by dtype=auto": it must be what training does.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    device = torch.device(kind)
+    assert supports_bf16(device) == (autocast_dtype("auto", device)[0] is torch.bfloat16)
+
+
+def test_synchronize_waits_for_cuda_and_mps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
+    for kind in ("cpu", "cuda", "mps"):
+        synchronize(torch.device(kind))
+    assert calls == ["cuda", "mps"]

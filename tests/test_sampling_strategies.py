@@ -33,8 +33,8 @@ class TableModel(torch.nn.Module):
         self.register_buffer("log_table", torch.tensor(table, dtype=torch.float).log())
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # so the samplers can find the device
 
-    def forward(self, idx, targets=None):
-        return self.log_table[idx], None
+    def forward(self, idx, targets=None, *, only_last=False):
+        return self.log_table[idx[:, -1:] if only_last else idx], None
 
 
 class ScriptModel(torch.nn.Module):
@@ -47,12 +47,12 @@ class ScriptModel(torch.nn.Module):
         self.script, self.vocab_size = list(script), vocab_size
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, *, only_last=False):
         B, T = idx.shape
         logits = torch.full((B, T, self.vocab_size), -30.0)
         for t in range(T):
             logits[:, t, self.script[(t + 1) % len(self.script)]] = 30.0
-        return logits, None
+        return logits[:, -1:] if only_last else logits, None
 
 
 def probs_of(*p):
