@@ -24,7 +24,7 @@ def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
     source.add_argument("--config", help="a YAML config file (see slm_helpers/configs/ for examples)")
     parser.add_argument("--data", help="train on this UTF-8 text file (or corpus name) instead of the preset's")
-    parser.add_argument("--out", help="folder for checkpoints (default: runs/<preset name>)")
+    parser.add_argument("--out", help="folder for checkpoints (default: runs/<preset name>; $SLM_RUNS_DIR replaces runs/)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.max_iters=200 (repeatable)")
@@ -63,13 +63,13 @@ def _unescape(text: str) -> str:
 
 def train(args: argparse.Namespace) -> None:
     from . import distributed
-    from .config import build_trainer, load_config
+    from .config import build_trainer, load_config, runs_dir
     from .device import pick_device, seed_everything
 
     run = load_config(args.preset or args.config, args.set)
     if args.data:  # set as is: through YAML, a path such as "notes #2.txt" would lose its end
         run.data = args.data
-    out_dir = Path(args.out or Path("runs") / run.name)
+    out_dir = Path(args.out or runs_dir() / run.name)
     last = out_dir / "last.pt"
     if args.resume and not last.is_file():
         raise SLMError(f"nothing to resume: {last} does not exist; train without --resume first")

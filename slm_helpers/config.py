@@ -15,6 +15,7 @@ or a folder of prepared token files.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,32 @@ from .train import TrainConfig, Trainer
 
 PRESET_DIR = Path(__file__).parent / "configs"
 TOKENIZERS = ("char", "gpt2")
+
+# The model a lesson trains, per kind of device, sized so that every lesson opened fresh on a free Colab
+# T4 finishes in 10 minutes: (GPU with native bfloat16, older GPU such as a T4 or V100, CPU or Apple MPS).
+LESSON_PRESETS = {
+    "shakespeare-char": ("shakespeare-char", "shakespeare-char-t4", "shakespeare-char-cpu"),  # lessons 6, 9, 10
+    "tinystories": ("tinystories-small", "tinystories-t4", "tinystories-tiny"),  # lesson 8
+}
+
+
+def lesson_preset(family: str, device: torch.device | str) -> str:
+    """The preset of ``family`` (a key of LESSON_PRESETS) that suits ``device``."""
+    from .device import supports_bf16
+
+    if family not in LESSON_PRESETS:
+        raise SLMError(f"unknown preset family {family!r}; choose one of: {', '.join(LESSON_PRESETS)}")
+    fast_gpu, older_gpu, cpu = LESSON_PRESETS[family]
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu
+    return fast_gpu if supports_bf16(device) else older_gpu
+
+
+def runs_dir(default: str | Path = "runs") -> Path:
+    """Where runs and checkpoints go: ``$SLM_RUNS_DIR`` if set (on Colab, a folder on a mounted Google
+    Drive keeps lesson 6's model for lessons 9 and 10), else ``default``."""
+    return Path(os.environ.get("SLM_RUNS_DIR") or default)
 
 
 @dataclass

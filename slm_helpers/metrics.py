@@ -62,6 +62,33 @@ def flops_per_token(model) -> int:
     return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
 
 
+# Colab's free GPU: 65 TFLOP/s is the T4's float16 tensor-core peak. Small models reach only a fraction of it;
+# the fraction below is an assumption (no T4 run has measured it yet), used for the lessons' time estimates.
+T4_PEAK_FLOPS = 65e12
+ASSUMED_T4_MFU = 0.2
+
+
+def run_flops(run, vocab_size: int) -> float:
+    """FLOPs of a whole training run of ``run`` (a config.RunConfig): every training step at
+    ``flops_per_token``, and every evaluation (``eval_iters`` batches of both splits, at each
+    ``eval_interval`` and at the end), whose forward pass costs a third of a training step."""
+    from .model import GPT, GPTConfig
+
+    with torch.device("meta"):  # the shapes without the memory
+        model = GPT(GPTConfig(vocab_size=vocab_size, **run.model))
+    t = run.train
+    tokens = t.batch_size * model.block_size
+    evaluations = t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)
+    eval_tokens = evaluations * 2 * t.eval_iters * tokens
+    return flops_per_token(model) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
+
+
+def estimate_seconds(run, vocab_size: int, peak: float = T4_PEAK_FLOPS, utilisation: float = ASSUMED_T4_MFU) -> float:
+    """Seconds a run should take on a GPU of 16-bit ``peak`` FLOP/s used at ``utilisation`` (default: a
+    Colab T4 at 20%): an estimate from FLOPs alone, for choosing step counts before anyone has timed it."""
+    return run_flops(run, vocab_size) / (peak * utilisation)
+
+
 def mfu(tokens_per_sec: float | None, flops_per_token: float | None, peak: float | None,
         devices: int = 1) -> float | None:
     """Model FLOPs utilisation: achieved FLOP/s over the peak of ``devices`` devices; None when unknown."""
