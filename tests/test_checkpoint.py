@@ -53,6 +53,22 @@ def test_save_is_atomic(saved, monkeypatch):
     assert load_checkpoint(path)["step"] == 42
 
 
+def test_ctrl_c_during_a_save_leaves_the_previous_checkpoint(saved, monkeypatch):
+    """Ctrl-C is a KeyboardInterrupt, not an Exception: half a file written, then the interrupt."""
+    path, _, _ = saved
+    before = path.read_bytes()
+
+    def interrupted_save(obj, f, *args, **kwargs):
+        f.write(before[: len(before) // 2])  # half of a checkpoint...
+        raise KeyboardInterrupt  # ...when the user presses Ctrl-C
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {}, "model_config": {}, "tokenizer": {}, "step": 99}, path)
+    assert path.read_bytes() == before  # byte for byte
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
 def test_save_replaces_the_old_file(saved):
     path, _, _ = saved
     save_checkpoint({"model": {}, "model_config": {}, "tokenizer": {}, "step": 7}, path)

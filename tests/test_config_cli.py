@@ -167,6 +167,55 @@ def test_cli_resume_continues_the_run(trained, capsys, tmp_path):
     assert len(state["step_losses"]) == 30
 
 
+def test_ctrl_c_exits_130_and_resume_continues_exactly(tmp_path, capsys):
+    """Ctrl-C (SIGINT) to `python -m slm_helpers train` once a checkpoint past step 0 is on disk: exit
+    status 130 and one line saying the last checkpoint is intact; --resume then ends where a run never
+    interrupted ends, bit for bit (losses, evaluations, weights). The learning rate is constant here,
+    so the interrupted run can be given far more steps than it will live for (no race with its end)
+    and both finish at a step chosen after the interrupt."""
+    import json
+    import os
+    import signal
+    import time
+
+    (tmp_path / "poem.txt").write_text(POEM * 30, encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(
+        "data: shakespeare\ntokenizer: char\nmodel: {n_layer: 1, n_head: 2, n_embd: 16, block_size: 16, dropout: 0.0}\n"
+        "train: {max_iters: 100000, batch_size: 4, learning_rate: 1.0e-2, min_lr: 1.0e-2, warmup_iters: 0,\n"
+        "        eval_interval: 20, eval_iters: 1}\n")
+    args = ["train", "--config", str(tmp_path / "run.yaml"), "--data", str(tmp_path / "poem.txt"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SLM_QUICK", None)
+    process = subprocess.Popen([sys.executable, "-m", "slm_helpers", *args, "--out", str(tmp_path / "stopped")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "stopped" / "metrics.jsonl", time.monotonic() + 120
+    try:
+        # the evaluation at step 40 is logged after the checkpoint of step 20 was written
+        while not (metrics.is_file() and any(json.loads(line)["step"] >= 40 for line in
+                                             metrics.read_text().splitlines() if line.endswith("}"))):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip() == "interrupted; resume with --resume (the last checkpoint is intact)"
+    stopped_at = load_checkpoint(tmp_path / "stopped" / "last.pt")["step"]
+    assert stopped_at >= 20 and stopped_at % 20 == 0
+    end = ["--set", f"train.max_iters={stopped_at + 30}"]  # 30: the resumed run evaluates at one more multiple of 20
+    assert main([*args, "--out", str(tmp_path / "stopped"), "--resume", *end]) == 0
+    assert main([*args, "--out", str(tmp_path / "whole"), *end]) == 0
+    capsys.readouterr()
+    resumed, whole = load_checkpoint(tmp_path / "stopped" / "last.pt"), load_checkpoint(tmp_path / "whole" / "last.pt")
+    assert resumed["step"] == whole["step"] == stopped_at + 30
+    assert resumed["step_losses"] == whole["step_losses"]
+    assert [(h["step"], h["train"], h["val"]) for h in resumed["history"]] == \
+           [(h["step"], h["train"], h["val"]) for h in whole["history"]]
+    for name, weight in whole["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name
+
+
 def _assert_one_line_error(rc, err, *fragments):
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
