@@ -2,6 +2,7 @@
 
 import json
 import sys
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers.metrics import MetricsLog, read_metrics
+from slm_helpers import metrics
+from slm_helpers.metrics import MetricsLog, activation_memory, measure_throughput, read_metrics
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.plotting import plot_metrics
 from slm_helpers.tokenizers import CharTokenizer
@@ -124,3 +126,67 @@ def test_metrics_log_without_a_file_writes_nothing(tmp_path):
     log.rewind(0)
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- activation memory and throughput, by hand
+
+class Toy(torch.nn.Module):
+    """A model whose saved tensors can be listed by hand: the embedding keeps its indices (int64), tanh
+    its output a; f * f keeps f, a view of a (the same storage: counted once), and (f * f) * gain keeps
+    f * f and gain, a parameter (the parameters are not activations: not counted)."""
+
+    block_size = 8
+
+    def __init__(self, vocab_size=10, n_embd=6):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, n_embd)
+        self.gain = torch.nn.Parameter(torch.ones(n_embd))
+
+    def forward(self, x, y):
+        a = torch.tanh(self.emb(x))
+        f = a.flatten(0, 1)
+        return a, (f * f * self.gain).sum()
+
+
+def _toy_bytes(B, T, n_embd=6):
+    return B * T * 8 + 2 * B * T * n_embd * 4  # the indices, a (and f) and f * f
+
+
+def test_activation_memory_counts_each_saved_tensor_once_and_no_parameter():
+    x = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(0))
+    assert activation_memory(Toy(), x, x) == _toy_bytes(4, 8) == 1792
+    short = x[:, :3].contiguous()  # (a slice would keep, and count, the storage of all of x)
+    assert activation_memory(Toy(), short, short) == _toy_bytes(4, 3)  # linear in the context here
+    assert activation_memory(Toy(n_embd=12), x, x) == _toy_bytes(4, 8, 12)
+
+
+def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
+    """A trainer whose steps take known times: 10 s for the warm-up step (a compile, say), 0.5 s each
+    for 4 measured steps of 64 tokens, 1,000 FLOPs per token, 2 devices of 100,000 FLOP/s."""
+    durations, calls, batches = iter([10.0, 0.5, 0.5, 0.5, 0.5]), [], []
+    x = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(0))
+
+    def get_batch(data, batch_size, block_size, device):  # one micro-batch, for the activation memory
+        batches.append((batch_size, block_size))
+        return x, x
+
+    def train_step():
+        calls.append(1)
+        trainer.train_seconds += next(durations)
+
+    trainer = SimpleNamespace(
+        device=torch.device("cpu"), train_step=train_step, train_seconds=100.0, tokens_per_step=64,
+        cfg=SimpleNamespace(compile=False, batch_size=4), block_size=8, splits={"train": torch.arange(50) % 10},
+        model=Toy(), autocast=nullcontext, flops_per_token=1000, peak_flops=1e5, world_size=2)
+    monkeypatch.setattr(metrics, "get_batch", get_batch)
+    m = measure_throughput(trainer, steps=4, warmup=1)
+    assert len(calls) == 5 and batches == [(4, 8)]
+    assert m["tokens_per_sec"] == pytest.approx(4 * 64 / 2.0)  # 128
+    assert m["ms_per_step"] == pytest.approx(500)
+    assert m["mfu"] == pytest.approx(128 * 1000 / (2 * 1e5))  # 0.64 of the two devices' peak
+    assert m["model_tflops"] == pytest.approx(128 * 1000 / 1e12)
+    assert m["activation_mb"] == pytest.approx(_toy_bytes(4, 8) / 2**20)  # one micro-batch of 4 x 8
+    assert m["peak_memory_mb"] is None  # no allocator statistics on a CPU
+    trainer.cfg.compile = True  # a compiled model's activations are not measured
+    durations = iter([0.25, 0.25])
+    assert measure_throughput(trainer, steps=1)["activation_mb"] is None
