@@ -3,6 +3,8 @@
 #              + the lessons in JupyterLab in headless Chromium, when Chromium is installed)
 # make test-browser : only the JupyterLab tests (see tests/browser/conftest.py for their settings)
 # make bench : print the performance numbers quoted in the README
+# make gpu-check : on a CUDA GPU, run the GPU lessons, benchmarks and a torchrun check into one report
+# make test-ipywidgets7 : the widget tests and lesson 9 again, with Colab's ipywidgets 7.7.1, in .venv-ipywidgets7
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +15,7 @@ STAMP  := $(VENV)/.installed
 # The Chromium the browser tests drive (Debian's package: apt-get install chromium).
 CHROMIUM ?= $(or $(SLM_CHROMIUM),$(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null))
 
-.PHONY: lab test test-unit test-notebooks test-browser bench clean
+.PHONY: lab test test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +25,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# JupyterLab refuses to start as root (Docker containers, many cloud VMs) unless told it is meant.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: test-unit test-notebooks test-browser
 
@@ -47,11 +50,30 @@ else
 	SLM_CHROMIUM=$(CHROMIUM) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 endif
 
+# Colab ships ipywidgets 7.7.1: the sampler must work there too. A second environment with that version
+# (and the CPU build of torch, as in CI) runs the widget tests and lesson 9 in quick mode.
+IPW7 := .venv-ipywidgets7
+$(IPW7)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(IPW7)
+	$(IPW7)/bin/python -m pip install --quiet --upgrade pip
+	$(IPW7)/bin/python -m pip install --quiet torch==2.13.0  # the CPU build CI uses; never a plain "torch"
+	$(IPW7)/bin/python -m pip install --quiet -e . "ipywidgets==7.7.1" pytest nbval ipykernel
+	touch $@
+
+test-ipywidgets7: $(IPW7)/.installed
+	$(IPW7)/bin/python -c "import ipywidgets; assert ipywidgets.__version__ == '7.7.1', ipywidgets.__version__"
+	$(IPW7)/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_widgets.py
+	SLM_QUICK=1 $(IPW7)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		notebooks/09_sampling.ipynb
+
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_cpu_preset.py
 	$(BIN)/python tests/benchmarks/bench_bpe.py
 	$(BIN)/python tests/benchmarks/bench_kv_cache.py
 	$(BIN)/python tests/benchmarks/bench_throughput.py
 
+gpu-check: $(STAMP)
+	$(BIN)/python tests/benchmarks/gpu_check.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(IPW7) runs .pytest_cache

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from slm_helpers.device import synchronize
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.sampling import token_stream
 
@@ -34,8 +35,7 @@ def timeline(model, prompt, n, device, **options) -> tuple[list[float], torch.Te
     start = time.perf_counter()
     for next_id in token_stream(model, prompt, n, temperature=0, **options):
         tokens.append(next_id)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)  # CUDA and MPS run asynchronously
         times.append(time.perf_counter() - start)
     return times, torch.cat(tokens, dim=1)
 
