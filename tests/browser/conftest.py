@@ -6,6 +6,8 @@ These tests are slow (a JupyterLab server, a browser, whole notebooks) and need 
 
 Environment:
     SLM_CHROMIUM      the Chromium to drive (default: ``chromium`` on the PATH, then /usr/bin/chromium)
+    SLM_REQUIRE_BROWSER  1: a missing Chromium or Playwright fails the tests instead of skipping them
+                      (CI sets it: .ci/run and the GitHub workflow; a laptop without Chromium skips)
     SLM_SCREENSHOTS   a folder for the screenshots (default: a temporary folder); ``images/`` refreshes
                       the pictures the README shows
     SLM_BROWSER_FULL  1: run the lessons in full mode instead of quick mode (minutes, not seconds; the
@@ -48,9 +50,21 @@ def pytest_ignore_collect(collection_path, config):
     return True
 
 
+def browser_required() -> bool:
+    return os.environ.get("SLM_REQUIRE_BROWSER", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str):
+    """Skip on a developer's machine; fail where the browser tests must run (SLM_REQUIRE_BROWSER=1)."""
+    if browser_required():
+        pytest.fail(f"{reason}, and SLM_REQUIRE_BROWSER is set: the browser tests must run here", pytrace=False)
+    pytest.skip(reason)
+
+
 def find_chromium() -> str | None:
     if os.environ.get("SLM_CHROMIUM"):
-        return os.environ["SLM_CHROMIUM"]
+        path = os.environ["SLM_CHROMIUM"]
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
     for name in ("chromium", "chromium-browser"):
         if shutil.which(name):
             return shutil.which(name)
@@ -151,7 +165,9 @@ class Lab:
 def chromium_path():
     path = find_chromium()
     if not path:
-        pytest.skip("Chromium not found (install Debian's chromium, or set SLM_CHROMIUM)")
+        where = f"SLM_CHROMIUM={os.environ['SLM_CHROMIUM']} is not an executable" if os.environ.get("SLM_CHROMIUM") \
+            else "Chromium not found"
+        skip_or_fail(f"{where} (install Debian's chromium, or set SLM_CHROMIUM)")
     return path
 
 
@@ -165,7 +181,10 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def browser(chromium_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -e '.[dev]'")
+    try:
+        from playwright import sync_api
+    except ImportError as err:
+        skip_or_fail(f"Playwright cannot be imported ({err}): pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
         # launch() starts Chromium with a fresh, empty profile (--user-data-dir) of its own.
         chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
