@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SLMError
-from .model import eval_mode
+from .utils import eval_mode
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,13 @@ def mfu(tokens_per_sec: float | None, flops_per_token: float | None, peak: float
     return tokens_per_sec * flops_per_token / (peak * devices)
 
 
+def throughput(steps: int, seconds: float, tokens_per_step: int, flops_per_token: float | None = None,
+               peak: float | None = None, devices: int = 1) -> dict:
+    """Tokens per second and MFU of ``steps`` steps that took ``seconds`` (None for either when unknown)."""
+    tokens_per_sec = steps * tokens_per_step / seconds if steps and seconds > 0 else None
+    return {"tokens_per_sec": tokens_per_sec, "mfu": mfu(tokens_per_sec, flops_per_token, peak, devices)}
+
+
 class MetricsLog:
     """Appends records to a JSONL file (one JSON object per line), and to Weights & Biases if asked.
 
@@ -209,14 +216,14 @@ def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
     for _ in range(steps):
         trainer.train_step()
     seconds = trainer.train_seconds - start
-    tokens_per_sec = steps * trainer.tokens_per_step / seconds
+    speed = throughput(steps, seconds, trainer.tokens_per_step, trainer.flops_per_token, trainer.peak_flops,
+                       trainer.world_size)
     activations = None
     if not trainer.cfg.compile:
         x, y = get_batch(trainer.splits["train"], trainer.cfg.batch_size, trainer.block_size, trainer.device)
         activations = activation_memory(trainer.model, x, y, trainer.autocast())
-    return {"tokens_per_sec": tokens_per_sec,
-            "mfu": mfu(tokens_per_sec, trainer.flops_per_token, trainer.peak_flops, trainer.world_size),
-            "model_tflops": tokens_per_sec * trainer.flops_per_token / 1e12 if trainer.flops_per_token else None,
+    return {**speed,
+            "model_tflops": speed["tokens_per_sec"] * trainer.flops_per_token / 1e12 if trainer.flops_per_token else None,
             "ms_per_step": 1000 * seconds / steps,
             "activation_mb": activations / 2**20 if activations is not None else None,
             "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None}

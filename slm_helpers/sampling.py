@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SLMError
-from .model import eval_mode
+from .utils import eval_mode
 
 
 def _is_number(x) -> bool:
@@ -156,8 +156,8 @@ class _NextLogits:
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.reorder(index)
+        for layer_cache in self.cache or []:
+            layer_cache.reorder(index)
 
 
 # ---------------------------------------------------------------- sampling token ids

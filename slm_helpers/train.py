@@ -30,8 +30,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import batch_at, get_batch
 from .device import supports_bf16
 from .errors import SLMError
-from .metrics import MetricsLog, flops_per_token, mfu, peak_flops
-from .model import CausalSelfAttention, eval_mode
+from .metrics import MetricsLog, flops_per_token, peak_flops, throughput
+from .utils import eval_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -174,16 +174,15 @@ class Trainer:
         # float16 overflows above 65,504 and small gradients underflow to zero: the scaler multiplies
         # the loss before backward and divides the gradients after, skipping steps that overflowed.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        for module in model.modules():
-            if isinstance(module, CausalSelfAttention):
-                module.fused = cfg.fused_attention
+        if hasattr(model, "set_fused_attention"):  # the GPT; the small models of lessons 2-4 have one path
+            model.set_fused_attention(cfg.fused_attention)
         self.optimizer = make_optimizer(model, cfg, self.device)
-        # self.model stays the plain module (its state_dict, its eval); the wrappers only run steps.
-        self.fast_model = torch.compile(model) if cfg.compile else model
-        self.train_model = self.fast_model
+        # Two handles, as in nanoGPT: self.model is the plain module (its state_dict, its config), and
+        # self.train_model runs the steps and evaluations, compiled and wrapped in DDP when asked for.
+        self.train_model = torch.compile(model) if cfg.compile else model
         if self.world_size > 1:
             self.train_model = nn.parallel.DistributedDataParallel(
-                self.fast_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.batches = torch.Generator().manual_seed(cfg.seed)  # which windows training sees
         self.step = 0
         self.history: list[dict] = []  # one entry per evaluation
@@ -191,7 +190,7 @@ class Trainer:
         self.best_val = math.inf
         self.train_seconds = 0.0  # time spent in training steps (evaluation excluded)
         self.grad_norm: float | None = None  # of the last step, before clipping (None without clipping)
-        self._marks = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) when each was last logged
+        self._last_logged = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) of the last record of each kind
         self.flops_per_token = flops_per_token(model) if hasattr(model, "config") else None
         self.peak_flops = peak_flops(self.device)
         self.metrics = MetricsLog(
@@ -238,7 +237,7 @@ class Trainer:
             if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
                 self.metrics.write({"kind": "train", "step": self.step, "loss": loss,
                                     "lr": lr_at(self.step - 1, self.cfg), "grad_norm": self.grad_norm,
-                                    "tokens": self.step * self.tokens_per_step, **self._speed("train")})
+                                    "tokens": self.step * self.tokens_per_step, **self._speed_since("train")})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
@@ -289,23 +288,22 @@ class Trainer:
         self.train_seconds += time.perf_counter() - start
         return self.step_losses[-1]
 
-    def _speed(self, mark: str) -> dict:
-        """Tokens per second and MFU since ``mark`` ("eval" or "train") was last logged; then move the mark."""
-        steps, seconds = self.step - self._marks[mark][0], self.train_seconds - self._marks[mark][1]
-        self._marks[mark] = (self.step, self.train_seconds)
-        tokens_per_sec = steps * self.tokens_per_step / seconds if steps and seconds > 0 else None
-        return {"tokens_per_sec": tokens_per_sec,
-                "mfu": mfu(tokens_per_sec, self.flops_per_token, self.peak_flops, self.world_size)}
+    def _speed_since(self, kind: str) -> dict:
+        """Tokens/s and MFU since the last record of ``kind`` ("eval" or "train"), which this one becomes."""
+        step, seconds = self._last_logged[kind]
+        self._last_logged[kind] = (self.step, self.train_seconds)
+        return throughput(self.step - step, self.train_seconds - seconds, self.tokens_per_step,
+                          self.flops_per_token, self.peak_flops, self.world_size)
 
     def _evaluate(self) -> None:
         with self.autocast():
-            losses = estimate_loss(self.fast_model, self.splits, batch_size=self.cfg.batch_size,
+            losses = estimate_loss(self.train_model, self.splits, batch_size=self.cfg.batch_size,
                                    block_size=self.block_size, eval_iters=self.cfg.eval_iters, device=self.device,
                                    seed=self.cfg.seed + self.step)
         perplexity = math.exp(losses["val"]) if losses["val"] < 700 else math.inf  # exp overflows past 709
         self.history.append({"step": self.step, **losses, "val_ppl": perplexity, "lr": lr_at(self.step, self.cfg),
                              "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
-                             **self._speed("eval")})
+                             **self._speed_since("eval")})
         improved = losses["val"] < self.best_val
         self.best_val = min(self.best_val, losses["val"])  # before saving: the checkpoints hold the new best
         self.metrics.write({"kind": "eval", **self.history[-1]})
@@ -352,7 +350,7 @@ class Trainer:
         self.step, self.history = state["step"], state["history"]
         self.step_losses, self.best_val = state["step_losses"], state["best_val"]
         self.train_seconds = state["train_seconds"]
-        self._marks = {"eval": (self.step, self.train_seconds), "train": (self.step, self.train_seconds)}
+        self._last_logged = {"eval": (self.step, self.train_seconds), "train": (self.step, self.train_seconds)}
         self.batches.set_state(state["rng"]["batches"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .errors import SLMError
-from .model import eval_mode
+from .utils import eval_mode
 from .sampling import next_token_probs, prompt_ids, stream
 
 

@@ -5,7 +5,8 @@ import torch
 
 from slm_helpers.bigram import BigramLanguageModel
 from slm_helpers.errors import SLMError
-from slm_helpers.model import GPT, AttentionLM, GPTConfig, KVCache
+from slm_helpers.model import GPT, GPTConfig, KVCache
+from slm_helpers.teaching import AttentionLM
 from slm_helpers.sampling import beam_search, generate
 
 
@@ -22,7 +23,7 @@ def test_cached_logits_equal_uncached(model):
     parts = [model(idx[:, :3], cache=cache)[0]]  # a prompt of 3 tokens at once
     parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(3, 6)]  # then one at a time
     parts.append(model(idx[:, 6:], cache=cache)[0])  # and two more together
-    assert cache.length == 8
+    assert [layer.length for layer in cache] == [8, 8]  # each layer advanced its own length
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
@@ -43,12 +44,18 @@ def test_a_full_cache_refuses_more_tokens(model):
         model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
-def test_cache_shape_and_reorder(tiny_config):
-    cache = KVCache(tiny_config, batch_size=2)
-    assert cache.k.shape == (2, 2, 2, 8, 8)  # layers, batch, heads, block_size, head size
-    cache.k[:, 1] = 1.0
-    cache.reorder(torch.tensor([1, 1, 0]))
-    assert cache.k.shape[1] == 3 and cache.k[:, :2].eq(1).all() and cache.k[:, 2].eq(0).all()
+def test_cache_shape_append_and_reorder(model):
+    cache = model.new_cache(batch_size=2)
+    assert len(cache) == 2 and cache[0].k.shape == (2, 2, 8, 8)  # one per layer: batch, heads, block_size, head size
+    layer = KVCache(batch_size=2, n_head=2, block_size=8, head_size=4)
+    k, v = torch.ones(2, 2, 3, 4), torch.full((2, 2, 3, 4), 2.0)
+    all_k, all_v = layer.append(k, v)
+    assert layer.length == 3 and torch.equal(all_k, k) and torch.equal(all_v, v)
+    all_k, _ = layer.append(k[:, :, :1] * 5, v[:, :, :1])
+    assert layer.length == 4 and all_k.shape == (2, 2, 4, 4) and all_k[:, :, 3].eq(5).all()
+    layer.k[1] = 7.0
+    layer.reorder(torch.tensor([1, 1, 0]))
+    assert layer.k.shape[0] == 3 and layer.k[:2].eq(7).all() and layer.k[2, :, 0].eq(1).all()
 
 
 @pytest.mark.parametrize("prompt_length", [1, 5, 12])  # 12: a prompt longer than the context
@@ -104,7 +111,7 @@ def test_generation_restores_training_mode(model):
 
 def test_cache_follows_the_model_dtype(tiny_config):
     model = GPT(tiny_config).double().eval()
-    assert model.new_cache(1).k.dtype == torch.float64
+    assert model.new_cache(1)[0].k.dtype == torch.float64
     out = generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0)
     assert torch.equal(out, generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0, use_cache=False))
 

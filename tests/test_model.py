@@ -7,17 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from slm_helpers.errors import SLMError
-from slm_helpers.model import (
-    GPT,
-    AttentionLM,
-    CausalSelfAttention,
-    FeedForward,
-    GPTConfig,
-    Head,
-    MultiHeadAttention,
-    causal_mask,
-    masked_attention,
-)
+from slm_helpers.model import GPT, CausalSelfAttention, FeedForward, GPTConfig, causal_mask
+from slm_helpers.teaching import AttentionLM, Head, MultiHeadAttention, masked_attention
 
 # float32 attention on the CPU: the explicit and fused paths differ only by rounding, ~1e-7 here.
 ATOL = 1e-6
@@ -79,10 +70,10 @@ def test_multi_head_attention_equals_causal_self_attention(B, T, C, H, block):
     x = torch.randn(B, T, C)
     expected = mha(x)
     assert csa.fused
-    assert torch.allclose(csa(x), expected, atol=ATOL)  # fused scaled_dot_product_attention
+    assert torch.allclose(csa(x)[0], expected, atol=ATOL) and csa(x)[1] is None  # fused scaled_dot_product_attention
     csa.fused = False
-    assert torch.allclose(csa(x), expected, atol=ATOL)  # the explicit path
-    y, weights = csa(x, return_weights=True)
+    assert torch.allclose(csa(x)[0], expected, atol=ATOL)  # the explicit path
+    y, weights = csa(x, need_weights=True)
     assert torch.allclose(y, expected, atol=ATOL)
     assert weights.shape == (B, H, T, T)
     for h, head in enumerate(mha.heads):  # head h of the fused module is teaching head h
@@ -96,7 +87,7 @@ def test_load_heads_with_bias():
                                         dropout=0.0, bias=True)).eval()
     csa.load_heads(mha)
     x = torch.randn(2, 8, 16)
-    assert torch.allclose(csa(x), mha(x), atol=ATOL)
+    assert torch.allclose(csa(x)[0], mha(x), atol=ATOL)
 
 
 def test_fused_and_explicit_paths_agree_in_a_gpt(tiny_config):
@@ -104,8 +95,8 @@ def test_fused_and_explicit_paths_agree_in_a_gpt(tiny_config):
     model = GPT(tiny_config).eval()
     idx = torch.randint(0, tiny_config.vocab_size, (3, 8))
     fused = model(idx)[0]
-    for block in model.transformer.h:
-        block.attn.fused = False
+    model.set_fused_attention(False)
+    assert not any(block.attn.fused for block in model.transformer.h)
     assert torch.allclose(model(idx)[0], fused, atol=ATOL)
 
 
@@ -191,7 +182,7 @@ def test_attention_maps(tiny_config):
     # Layer 0's map is the first block's attention of the embedded, normalised input.
     block = model.transformer.h[0]
     x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(6))
-    assert torch.allclose(maps[0], block.attn(block.ln_1(x), return_weights=True)[1], atol=ATOL)
+    assert torch.allclose(maps[0], block.attn(block.ln_1(x), need_weights=True)[1], atol=ATOL)
 
 
 def test_attention_maps_ignore_dropout_in_training_mode():

@@ -163,7 +163,7 @@ def test_compile_flag_reaches_torch_compile(corpus, monkeypatch):
         return model
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    assert _trainer(corpus).fast_model is not None and compiled == []
+    assert _trainer(corpus).train_model is not None and compiled == []
     trainer = _trainer(corpus, compile=True)
     assert compiled == [trainer.model]
     trainer.fit(progress=False)
@@ -224,7 +224,8 @@ def test_history_has_speed_mfu_and_perplexity(corpus):
 # ---------------------------------------------------------------- presets and config keys
 
 @pytest.mark.parametrize("preset, millions, target", [
-    ("tinystories-tiny", 5.711, 6), ("tinystories-small", 26.380, 25), ("tinystories-medium", 81.075, 85),
+    # The GPU presets round the vocabulary up to 50,304 rows (vocab_multiple: 64), which the count includes.
+    ("tinystories-tiny", 5.711, 6), ("tinystories-small", 26.398, 25), ("tinystories-medium", 81.111, 85),
 ])
 def test_gpt2_presets_have_the_advertised_size(preset, millions, target):
     """Counted by GPT.num_params(): the (tied) token embedding included, the position embedding not."""
