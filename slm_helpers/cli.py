@@ -98,16 +98,17 @@ def train(args: argparse.Namespace) -> None:
 def sample(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .device import pick_device
-    from .sampling import check_options, stream
+    from .sampling import SamplingOptions, check_length, stream
 
     temperature = args.temperature if args.temperature is not None else (1.0 if args.num_beams > 1 else 0.8)
-    options = dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
-                   length_penalty=args.length_penalty, stop=[_unescape(s) for s in args.stop])
-    check_options(max_new_tokens=args.max_new_tokens, **options)  # before the (slow) model load
+    # Checked here, once, before the (slow) model load.
+    options = SamplingOptions(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                              repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+                              length_penalty=args.length_penalty, stop=tuple(_unescape(s) for s in args.stop))
+    check_length(args.max_new_tokens)
     model, tokenizer, _ = load_model(args.checkpoint, pick_device(args.device))
-    pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, seed=args.seed,
-                    use_cache=not args.no_cache, **options)  # a bad prompt fails here, before any output
+    pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, options, seed=args.seed,
+                    use_cache=not args.no_cache)  # a bad prompt fails here, before any output
     if args.stream:
         print(args.prompt, end="", flush=True)
         for piece in pieces:

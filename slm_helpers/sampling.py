@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -31,38 +32,63 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def stop_strings(stop: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``stop`` as a tuple of strings: None means none, a single string means that one."""
-    if stop is None:
-        return ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    for s in stop:
-        if not isinstance(s, str) or not s:
-            raise SLMError(f"stop sequences must be non-empty strings, got {s!r}")
-    return stop
+def _is_count(x, least: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
 
 
-def check_options(*, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  max_new_tokens: int = 1, repetition_penalty: float = 1.0, num_beams: int = 1,
-                  length_penalty: float = 1.0, stop: str | Iterable[str] | None = None) -> None:
-    """Raise a one-line SLMError for an option no sampler can honour."""
-    if not _is_number(temperature) or temperature < 0:
-        raise SLMError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise SLMError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
-        raise SLMError(f"top_p must be in (0, 1] (or None for no limit), got {top_p}")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Every setting of decoding in one value, checked once when it is made: a bad one is a
+    one-line SLMError then, not at the first generated token. The defaults sample from the
+    model's own distribution. ``stop`` may be given as one string or several."""
+
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int | None = None  # sample among the k most likely tokens; None: no limit
+    top_p: float | None = None  # sample from the smallest set with this much probability; None: no limit
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely; 1 is off
+    num_beams: int = 1  # > 1: beam search instead of sampling
+    length_penalty: float = 1.0  # beam search ranks finished text by log-probability / length ** this
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+    def __post_init__(self):
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise SLMError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k is not None and not _is_count(self.top_k, 1):
+            raise SLMError(f"top_k must be at least 1 (or None for no limit), got {self.top_k}")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise SLMError(f"top_p must be in (0, 1] (or None for no limit), got {self.top_p}")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise SLMError(f"repetition_penalty must be > 0 (1 means off, 1.2 is a common choice), "
+                           f"got {self.repetition_penalty}")
+        if not _is_count(self.num_beams, 1):
+            raise SLMError(f"num_beams must be at least 1 (1 means no beam search), got {self.num_beams}")
+        if not _is_number(self.length_penalty):
+            raise SLMError(f"length_penalty must be a finite number (0 = off, > 0 favours longer text), "
+                           f"got {self.length_penalty}")
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        for s in stop:
+            if not isinstance(s, str) or not s:
+                raise SLMError(f"stop sequences must be non-empty strings, got {s!r}")
+        object.__setattr__(self, "stop", stop)  # frozen: the one place it is set
+
+
+def sampling_options(options: SamplingOptions | None = None, **settings) -> SamplingOptions:
+    """``options`` as it is, or SamplingOptions made from keyword ``settings`` (the notebooks' way)."""
+    if options is not None:
+        if settings:
+            raise SLMError(f"pass options=SamplingOptions(...) or keyword settings, not both ({', '.join(settings)})")
+        return options
+    try:
+        return SamplingOptions(**settings)
+    except TypeError:
+        known = ", ".join(f.name for f in fields(SamplingOptions))
+        unknown = ", ".join(sorted(set(settings) - {f.name for f in fields(SamplingOptions)}))
+        raise SLMError(f"unknown sampling option(s) {unknown}; known: {known}") from None
+
+
+def check_length(max_new_tokens) -> None:
+    if not _is_count(max_new_tokens, 0):
         raise SLMError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not _is_number(repetition_penalty) or repetition_penalty <= 0:
-        raise SLMError(f"repetition_penalty must be > 0 (1 means off, 1.2 is a common choice), "
-                       f"got {repetition_penalty}")
-    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
-        raise SLMError(f"num_beams must be at least 1 (1 means no beam search), got {num_beams}")
-    if not _is_number(length_penalty):
-        raise SLMError(f"length_penalty must be a finite number (0 = off, > 0 favours longer text), "
-                       f"got {length_penalty}")
-    stop_strings(stop)
 
 
 # ---------------------------------------------------------------- one step: logits -> probabilities
@@ -81,35 +107,28 @@ def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor | None
     return logits.scatter(-1, previous, seen)
 
 
-def next_token_probs(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, repetition_penalty: float = 1.0,
-                     previous: torch.Tensor | None = None) -> torch.Tensor:
+def next_token_probs(logits: torch.Tensor, options: SamplingOptions | None = None, *,
+                     previous: torch.Tensor | None = None, **settings) -> torch.Tensor:
     """The distribution a sampler draws from, given logits of shape (B, V).
 
     ``repetition_penalty`` applies to the tokens in ``previous`` (B, T), the sequence so far.
     Temperature 0 puts all mass on the most likely token (greedy); a ``top_k`` larger than the
     vocabulary keeps every token; ``top_p`` keeps the smallest set of most likely tokens whose
-    mass reaches ``top_p`` (always at least one).
+    mass reaches ``top_p`` (always at least one). Settings: ``SamplingOptions``, or its fields as keywords.
     """
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-    return _next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=repetition_penalty, previous=previous)
-
-
-def _next_token_probs(logits, *, temperature, top_k, top_p, repetition_penalty, previous):
-    """``next_token_probs`` for options already checked: the generation loops call it at every step."""
-    logits = apply_repetition_penalty(logits.float(), previous, repetition_penalty)
-    if temperature == 0:
+    o = sampling_options(options, **settings)
+    logits = apply_repetition_penalty(logits.float(), previous, o.repetition_penalty)
+    if o.temperature == 0:
         return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):  # k beyond the vocabulary keeps every token
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    logits = logits / o.temperature
+    if o.top_k is not None and o.top_k < logits.size(-1):  # k beyond the vocabulary keeps every token
+        kth = torch.topk(logits, o.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1:
+    if o.top_p is not None and o.top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs  # a token stays if the ones above it fall short
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        sorted_probs = sorted_probs.masked_fill(mass_before >= o.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
@@ -162,29 +181,25 @@ class _NextLogits:
 
 # ---------------------------------------------------------------- sampling token ids
 
-def token_stream(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-                 generator: torch.Generator | None = None, use_cache: bool = True,
-                 keep: int | None = None) -> Iterator[torch.Tensor]:
+def token_stream(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
+                 generator: torch.Generator | None = None, use_cache: bool = True, keep: int | None = None,
+                 **settings) -> Iterator[torch.Tensor]:
     """Yield the next token of each row of ``idx`` (B, T) as a (B, 1) tensor, one step at a time.
 
-    The options are those of ``generate``; they are checked now, not at the first step.
+    The settings are those of ``generate``; they are checked now, not at the first step.
     """
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                  repetition_penalty=repetition_penalty)
-    next_logits = _NextLogits(model, use_cache, keep)
-    return _token_stream(model, idx, max_new_tokens, next_logits, generator,
-                         dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty))
+    check_length(max_new_tokens)
+    return _token_stream(model, idx, max_new_tokens, _NextLogits(model, use_cache, keep), generator,
+                         sampling_options(options, **settings))
 
 
 @torch.no_grad()
 def _token_stream(model, idx, max_new_tokens, next_logits, generator, options):
     with eval_mode(model):  # no dropout while generating
         for _ in range(max_new_tokens):
-            previous = idx if options["repetition_penalty"] != 1 else None
-            probs = _next_token_probs(next_logits(idx), previous=previous, **options)
-            if options["temperature"] == 0:
+            previous = idx if options.repetition_penalty != 1 else None
+            probs = next_token_probs(next_logits(idx), options, previous=previous)
+            if options.temperature == 0:
                 next_id = probs.argmax(-1, keepdim=True)
             else:  # drawn on the CPU, so a seed gives the same sample on every device
                 next_id = torch.multinomial(probs.cpu(), 1, generator=generator).to(idx.device)
@@ -192,21 +207,20 @@ def _token_stream(model, idx, max_new_tokens, next_logits, generator, options):
             yield next_id
 
 
-def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             generator: torch.Generator | None = None, use_cache: bool = True,
-             keep: int | None = None) -> torch.Tensor:
+def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
+             generator: torch.Generator | None = None, use_cache: bool = True, keep: int | None = None,
+             **settings) -> torch.Tensor:
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
-    The model sees at most its last ``model.block_size`` tokens: a longer sequence is cropped from
-    the left, as the model cannot see further back anyway. ``keep`` sets where the window restarts
-    once it is full (default ``block_size``: the plain crop; see ``_NextLogits``). With ``use_cache``
-    (and a model that has a KV cache) the model runs on one new token per step instead of the whole
-    window; the tokens are the same as without it.
+    Settings: ``SamplingOptions`` or its fields as keywords (temperature, top_k, top_p,
+    repetition_penalty). The model sees at most its last ``model.block_size`` tokens: a longer
+    sequence is cropped from the left, as the model cannot see further back anyway. ``keep`` sets
+    where the window restarts once it is full (default ``block_size``: the plain crop; see
+    ``_NextLogits``). With ``use_cache`` (and a model that has a KV cache) the model runs on one new
+    token per step instead of the whole window; the tokens are the same as without it.
     """
-    new = list(token_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            repetition_penalty=repetition_penalty, generator=generator,
-                            use_cache=use_cache, keep=keep))
+    new = list(token_stream(model, idx, max_new_tokens, options, generator=generator, use_cache=use_cache,
+                            keep=keep, **settings))
     return torch.cat([idx, *new], dim=1)
 
 
@@ -224,11 +238,9 @@ def length_normalised(score: float, length: int, length_penalty: float) -> float
 
 
 @torch.no_grad()
-def beam_search(model, idx: torch.Tensor, max_new_tokens: int, *, num_beams: int = 4,
-                length_penalty: float = 1.0, is_finished: Callable[[torch.Tensor], bool] | None = None,
-                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                repetition_penalty: float = 1.0, use_cache: bool = True,
-                keep: int | None = None) -> tuple[torch.Tensor, float]:
+def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
+                is_finished: Callable[[torch.Tensor], bool] | None = None, use_cache: bool = True,
+                keep: int | None = None, **settings) -> tuple[torch.Tensor, float]:
     """The continuation of ``idx`` (1, T) that beam search finds: (ids of shape (1, T + n), score).
 
     Keep the ``num_beams`` most likely partial continuations; at every step extend each by every
@@ -236,22 +248,25 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, *, num_beams: int
     ``is_finished(new_ids)`` says so (for example: a stop sequence appeared) or after
     ``max_new_tokens``; finished beams compete on ``length_normalised`` scores. Scores are sums of
     log-probabilities of ``next_token_probs`` (with temperature 1 and no top-k / top-p: the model's
-    own distribution, which is textbook beam search). One beam is greedy decoding.
+    own distribution, which is textbook beam search). One beam is greedy decoding. Settings:
+    ``SamplingOptions`` or its fields as keywords; ``num_beams`` defaults to 4 here.
     """
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                  repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty)
+    check_length(max_new_tokens)
+    if options is None:
+        settings.setdefault("num_beams", 4)
+    options = sampling_options(options, **settings)
+    num_beams, length_penalty = options.num_beams, options.length_penalty
     if idx.dim() != 2 or idx.size(0) != 1:
         raise SLMError(f"beam search continues one sequence at a time: idx must have shape (1, T), "
                        f"got {tuple(idx.shape)}")
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     T = idx.size(1)
     next_logits = _NextLogits(model, use_cache, keep)
     beams, scores = idx, [0.0]  # the live beams (n, T + step) and their sums of log-probabilities
     finished: list[tuple[float, torch.Tensor]] = []  # (normalised score, ids), best first
     with eval_mode(model):
         for step in range(1, max_new_tokens + 1):
-            previous = beams if repetition_penalty != 1 else None
-            logprobs = _next_token_probs(next_logits(beams), previous=previous, **options).log()
+            previous = beams if options.repetition_penalty != 1 else None
+            logprobs = next_token_probs(next_logits(beams), options, previous=previous).log()
             candidates = (torch.tensor(scores, device=logprobs.device)[:, None] + logprobs).flatten()
             # 2 * num_beams candidates: even if num_beams of them finish, num_beams stay alive
             top = candidates.topk(min(2 * num_beams, candidates.numel()))
@@ -316,36 +331,33 @@ def prompt_ids(model, tokenizer, prompt: str) -> torch.Tensor:
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-           num_beams: int = 1, length_penalty: float = 1.0, stop: str | Iterable[str] | None = None,
-           seed: int | None = None, use_cache: bool = True, keep: int | None = None) -> Iterator[str]:
+def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, options: SamplingOptions | None = None, *,
+           seed: int | None = None, use_cache: bool = True, keep: int | None = None, **settings) -> Iterator[str]:
     """Yield the continuation of ``prompt``, piece by piece as the model writes it.
 
-    Generation ends after ``max_new_tokens`` tokens, or as soon as the continuation contains a
-    ``stop`` sequence; the text is cut just before it (the stop sequence is not yielded, nor is the
-    start of one that might still complete). ``seed`` makes a sample repeatable. ``num_beams > 1``
-    runs beam search (``length_penalty``: see ``length_normalised``), which only knows its answer at
-    the end, so it yields it in one piece. Bad options raise SLMError now, not at the first piece.
+    Settings: ``SamplingOptions`` or its fields as keywords. Generation ends after ``max_new_tokens``
+    tokens, or as soon as the continuation contains a ``stop`` sequence; the text is cut just before
+    it (the stop sequence is not yielded, nor is the start of one that might still complete). ``seed``
+    makes a sample repeatable. ``num_beams > 1`` runs beam search (``length_penalty``: see
+    ``length_normalised``), which only knows its answer at the end, so it yields it in one piece.
+    Bad settings raise SLMError now, not at the first piece.
     """
-    stop = stop_strings(stop)
-    check_options(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                  repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty)
+    options = sampling_options(options, **settings)
+    check_length(max_new_tokens)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise SLMError(f"seed must be an integer (or None for a fresh sample each time), got {seed!r}")
     idx = prompt_ids(model, tokenizer, prompt)
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                   use_cache=use_cache, keep=keep)
-    if num_beams > 1:
+    stop = options.stop
+    if options.num_beams > 1:
         def is_finished(new_ids):
             return _stop_at(tokenizer.decode(new_ids.tolist()), stop) is not None
 
-        ids, _ = beam_search(model, idx, max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-                             is_finished=is_finished if stop else None, **options)
+        ids, _ = beam_search(model, idx, max_new_tokens, options, is_finished=is_finished if stop else None,
+                             use_cache=use_cache, keep=keep)
         text = tokenizer.decode(ids[0, idx.size(1):].tolist())
         return iter([text[:_stop_at(text, stop)]] if text else [])
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    tokens = token_stream(model, idx, max_new_tokens, generator=generator, **options)
+    tokens = token_stream(model, idx, max_new_tokens, options, generator=generator, use_cache=use_cache, keep=keep)
     return _text_pieces(tokens, tokenizer, stop)
 
 
@@ -368,8 +380,9 @@ def _text_pieces(tokens: Iterator[torch.Tensor], tokenizer, stop: tuple[str, ...
         yield text[sent:]
 
 
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, *, seed: int | None = None,
-             **options) -> str:
-    """The prompt followed by its continuation, as text. Takes every option of ``stream``:
-    temperature, top_k, top_p, repetition_penalty, num_beams, length_penalty, stop, seed, use_cache, keep."""
-    return prompt + "".join(stream(model, tokenizer, prompt, max_new_tokens, seed=seed, **options))
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, options: SamplingOptions | None = None,
+             **settings) -> str:
+    """The prompt followed by its continuation, as text. Takes everything ``stream`` takes: options
+    or their fields as keywords (temperature, top_k, top_p, repetition_penalty, num_beams,
+    length_penalty, stop), and seed, use_cache, keep."""
+    return prompt + "".join(stream(model, tokenizer, prompt, max_new_tokens, options, **settings))

@@ -20,7 +20,7 @@ import torch
 
 from .errors import SLMError
 from .utils import eval_mode
-from .sampling import next_token_probs, prompt_ids, stream
+from .sampling import SamplingOptions, next_token_probs, prompt_ids, sampling_options, stream
 
 
 def token_label(tokenizer, token_id: int) -> str:
@@ -38,13 +38,14 @@ def prompt_logits(model, tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Te
     return ids, logits
 
 
-def next_token_distribution(model, tokenizer, prompt: str, *, logits=None, **options):
-    """The model's own next-token probabilities after ``prompt`` and the sampler's (after
-    ``options``: temperature, top_k, top_p, repetition_penalty), both of shape (V,).
+def next_token_distribution(model, tokenizer, prompt: str, options: SamplingOptions | None = None, *,
+                            logits=None, **settings):
+    """The model's own next-token probabilities after ``prompt`` and the sampler's (after the
+    options: temperature, top_k, top_p, repetition_penalty), both of shape (V,).
     Pass ``logits`` = ``prompt_logits(...)`` to skip running the model again."""
     ids, logits = logits if logits is not None else prompt_logits(model, tokenizer, prompt)
     own = torch.softmax(logits.float(), dim=-1)[0].cpu()
-    sampler = next_token_probs(logits, previous=ids, **options)[0].cpu()
+    sampler = next_token_probs(logits, sampling_options(options, **settings), previous=ids)[0].cpu()
     return own, sampler
 
 
@@ -119,11 +120,11 @@ class Sampler:
 
     # ----- reading the controls
 
-    def options(self) -> dict:
+    def options(self) -> SamplingOptions:
         """The sampling options the controls stand for (0 for top-k and 1 for top-p mean "off")."""
-        return dict(temperature=self.temperature.value, top_k=self.top_k.value or None,
-                    top_p=self.top_p.value if self.top_p.value < 1 else None,
-                    repetition_penalty=self.repetition_penalty.value)
+        return SamplingOptions(temperature=self.temperature.value, top_k=self.top_k.value or None,
+                               top_p=self.top_p.value if self.top_p.value < 1 else None,
+                               repetition_penalty=self.repetition_penalty.value, num_beams=self.num_beams.value)
 
     # ----- the chart
 
@@ -133,8 +134,8 @@ class Sampler:
             prompt = self.prompt.value
             if self._cached[0] != prompt:
                 self._cached = (prompt, prompt_logits(self.model, self.tokenizer, prompt))
-            own, sampler = next_token_distribution(self.model, self.tokenizer, prompt, logits=self._cached[1],
-                                                   **self.options())
+            own, sampler = next_token_distribution(self.model, self.tokenizer, prompt, self.options(),
+                                                   logits=self._cached[1])
         except SLMError as err:
             self.chart.value = b""
             self._show_error(err)
@@ -162,8 +163,7 @@ class Sampler:
         """Write a continuation of the prompt into the output area, piece by piece; returns it."""
         seed = self.seed.value if self.seed.value >= 0 else None
         try:
-            pieces = stream(self.model, self.tokenizer, self.prompt.value, self.length.value,
-                            num_beams=self.num_beams.value, seed=seed, **self.options())
+            pieces = stream(self.model, self.tokenizer, self.prompt.value, self.length.value, self.options(), seed=seed)
             text = self.prompt.value
             self._write(text)
             for piece in pieces:

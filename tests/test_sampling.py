@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT
-from slm_helpers.sampling import check_options, complete, generate, next_token_probs
+from slm_helpers.sampling import SamplingOptions, check_length, complete, generate, next_token_probs
 from slm_helpers.tokenizers import CharTokenizer
 
 
@@ -89,7 +89,7 @@ def test_top_p_in_any_order_and_per_row():
 ])
 def test_option_errors(options, match):
     with pytest.raises(SLMError, match=match):
-        check_options(**options)
+        check_length(options["max_new_tokens"]) if "max_new_tokens" in options else SamplingOptions(**options)
     if "max_new_tokens" not in options:
         with pytest.raises(SLMError, match=match):
             next_token_probs(torch.tensor([LOGITS]), **options)

@@ -12,8 +12,9 @@ import torch
 from slm_helpers.errors import SLMError
 from slm_helpers.sampling import (
     apply_repetition_penalty,
+    SamplingOptions,
     beam_search,
-    check_options,
+    check_length,
     complete,
     generate,
     length_normalised,
@@ -307,10 +308,23 @@ def test_complete_supports_every_strategy(options):
     (dict(length_penalty=float("nan")), "length_penalty must be a finite number"),
     (dict(stop=["ok", 3]), "stop sequences must be non-empty strings"),
 ])
-def test_check_options_gives_one_line_errors(options, message):
+def test_bad_options_give_one_line_errors_when_made(options, message):
     with pytest.raises(SLMError, match=message) as err:
-        check_options(**options)
+        check_length(options["max_new_tokens"]) if "max_new_tokens" in options else SamplingOptions(**options)
     assert "\n" not in str(err.value)
+
+
+def test_options_are_one_frozen_value_and_keywords_still_work():
+    options = SamplingOptions(temperature=0.5, top_k=3, stop="\n")
+    assert options.stop == ("\n",)  # one string or several, stored as a tuple
+    with pytest.raises(Exception):
+        options.temperature = 2.0  # frozen: checked once, never changed after
+    logits = torch.tensor([[0.1, 2.0, 1.0, -1.0]])
+    assert torch.equal(next_token_probs(logits, options), next_token_probs(logits, temperature=0.5, top_k=3))
+    with pytest.raises(SLMError, match="not both"):
+        next_token_probs(logits, options, top_k=2)
+    with pytest.raises(SLMError, match="unknown sampling option.*temprature"):
+        next_token_probs(logits, temprature=0.5)
 
 
 # ---------------------------------------------------------------- the command line
