@@ -7,7 +7,10 @@ A config names the data, the tokenizer, the model shape and the training recipe:
     model: {n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, dropout: 0.2}
     train: {max_iters: 5000, batch_size: 64, learning_rate: 1.0e-3}
 
-Every key is checked: a misspelt or mistyped one is an error that names it. With ``tokenizer: gpt2``
+``model`` is a ``GPTConfig`` (its ``vocab_size`` comes from the tokenizer) and ``train`` a ``TrainConfig``:
+``from_mapping`` turns each YAML mapping into its dataclass, rejecting unknown keys and wrong types and
+turning whole numbers into floats where a float is meant; each dataclass checks its own ranges in
+``__post_init__``. So a misspelt or mistyped key is an error that names it. With ``tokenizer: gpt2``
 ``data`` may also name a TinyStories dataset (``tinystories``, ``tinystories-valid``; see tokens.DATASETS)
 or a folder of prepared token files.
 """
@@ -23,7 +26,7 @@ import torch
 import yaml
 
 from . import distributed
-from .data import load_text, train_val_split
+from .data import check_val_fraction, load_text, train_val_split
 from .errors import SLMError
 from .model import GPT, GPTConfig
 from .tokenizers import CharTokenizer, gpt2_tokenizer, tokenizer_from_dict
@@ -65,9 +68,18 @@ class RunConfig:
     data: str = "shakespeare"
     tokenizer: str = "char"
     val_fraction: float = 0.1
-    model: dict = field(default_factory=dict)  # GPTConfig fields except vocab_size (the tokenizer decides it)
+    model: GPTConfig = field(default_factory=GPTConfig)  # its vocab_size is set by the tokenizer (gpt_config)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str = "custom"
+
+    def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        check_val_fraction(self.val_fraction)
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The model's config for a tokenizer of ``vocab_size`` tokens."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size)
 
 
 def list_presets() -> list[str]:
@@ -104,38 +116,30 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
             target = target[part]
         target[leaf] = yaml.safe_load(value)
     raw.setdefault("name", path.stem)
-    return _build(raw, source=str(path))
+    return from_mapping(RunConfig, raw, str(path))
 
 
-def _build(raw: dict, source: str) -> RunConfig:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(raw) - known)
+def from_mapping(cls, mapping, where: str, prefix: str = ""):
+    """A ``cls`` dataclass from a YAML mapping: every key must be one of its fields, of the field's
+    type (an int is welcome where a float is meant; a nested dataclass comes from a nested mapping,
+    its keys named ``section.key``). ``where`` names the file in errors. Ranges are for
+    ``cls.__post_init__``. A model section never sets ``vocab_size``: the tokenizer decides it."""
+    if not isinstance(mapping, dict):
+        raise SLMError(f"{prefix.rstrip('.') or 'the config'} in {where} must be a mapping of keys to values, "
+                       f"got {mapping!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size"}
+    unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise SLMError(f"unknown key(s) {', '.join(unknown)} in {source}; known keys: {', '.join(sorted(known))}")
-    tokenizer = raw.get("tokenizer", "char")
-    if tokenizer not in TOKENIZERS:
-        raise SLMError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r} in {source}")
-    val_fraction = raw.get("val_fraction", 0.1)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise SLMError(f"val_fraction in {source} must be a number between 0 and 1, got {val_fraction!r}")
-    model_fields = {f.name: f for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
-    model = _checked(raw.get("model") or {}, model_fields, "model", source)
-    train = _checked(raw.get("train") or {}, {f.name: f for f in dataclasses.fields(TrainConfig)}, "train", source)
-    return RunConfig(data=str(raw.get("data", "shakespeare")), tokenizer=tokenizer,
-                     val_fraction=float(val_fraction), model=model,
-                     train=TrainConfig(**train), name=str(raw.get("name", "custom")))
-
-
-def _checked(section: dict, fields: dict, name: str, source: str) -> dict:
-    if not isinstance(section, dict):
-        raise SLMError(f"'{name}' in {source} must be a mapping of keys to values")
-    unknown = sorted(set(section) - set(fields))
-    if unknown:
-        raise SLMError(f"unknown {name} key(s) {', '.join(unknown)} in {source}; "
-                       f"known {name} keys: {', '.join(sorted(fields))}")
-    out = {}
-    for key, value in section.items():
-        kind = type(fields[key].default)
+        raise SLMError(f"unknown key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+                       f"known keys: {', '.join(prefix + k for k in sorted(fields))}")
+    values = {}
+    for key, value in mapping.items():
+        f = fields[key]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            values[key] = from_mapping(type(default), {} if value is None else value, where, f"{prefix}{key}.")
+            continue
+        kind = type(default)
         if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
                 value = float(value)
@@ -144,9 +148,9 @@ def _checked(section: dict, fields: dict, name: str, source: str) -> dict:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not kind:
-            raise SLMError(f"{name}.{key} in {source} must be {kind.__name__}, got {value!r}")
-        out[key] = value
-    return out
+            raise SLMError(f"{prefix}{key} in {where} must be {kind.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
 
 
 def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: torch.device | str = "cpu",
@@ -158,6 +162,11 @@ def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: 
     from .checkpoint import load_checkpoint
 
     state = load_checkpoint(resume_from) if resume_from is not None else None
+    trained_on = (state or {}).get("run")  # checkpoints from before it was recorded have none
+    if trained_on and (trained_on["preset"], trained_on["data"]) != (run.name, run.data):
+        raise SLMError(f"{resume_from} was trained with preset {trained_on['preset']} on {trained_on['data']}, "
+                       f"not {run.name} on {run.data}; resume with --preset {trained_on['preset']} "
+                       f"--data {trained_on['data']}, or train into a new --out folder")
     if run.tokenizer == "gpt2":
         tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else gpt2_tokenizer()
         train_data, val_data = _token_files(run)
@@ -166,8 +175,9 @@ def build_trainer(run: RunConfig, *, out_dir: str | Path | None = None, device: 
         tokenizer = tokenizer_from_dict(state["tokenizer"]) if state else CharTokenizer.from_text(text)
         data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         train_data, val_data = train_val_split(data, run.val_fraction)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **run.model))
+    model = GPT(run.gpt_config(tokenizer.vocab_size))
     trainer = Trainer(model, train_data, val_data, run.train, tokenizer=tokenizer, out_dir=out_dir, device=device)
+    trainer.run = {"preset": run.name, "data": run.data}  # saved in checkpoints, checked when resuming
     if state is not None:
         trainer.load_state_dict(state)
     return trainer

@@ -72,10 +72,10 @@ def run_flops(run, vocab_size: int) -> float:
     """FLOPs of a whole training run of ``run`` (a config.RunConfig): every training step at
     ``flops_per_token``, and every evaluation (``eval_iters`` batches of both splits, at each
     ``eval_interval`` and at the end), whose forward pass costs a third of a training step."""
-    from .model import GPT, GPTConfig
+    from .model import GPT
 
     with torch.device("meta"):  # the shapes without the memory
-        model = GPT(GPTConfig(vocab_size=vocab_size, **run.model))
+        model = GPT(run.gpt_config(vocab_size))
     t = run.train
     tokens = t.batch_size * model.block_size
     evaluations = t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -58,15 +58,7 @@ class TrainConfig:
     wandb_project: str = "build-a-gpt"
     seed: int = 1337
 
-    def __post_init__(self):
-        for f in fields(self):
-            value, kind = getattr(self, f.name), type(f.default)
-            if kind is bool and not isinstance(value, bool):
-                raise SLMError(f"TrainConfig.{f.name} must be true or false, got {value!r}")
-            if kind is str and not isinstance(value, str):
-                raise SLMError(f"TrainConfig.{f.name} must be a string, got {value!r}")
-            if kind in (int, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise SLMError(f"TrainConfig.{f.name} must be a number, got {value!r}")
+    def __post_init__(self):  # ranges; types are checked where a YAML file is read (config.from_mapping)
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
             if getattr(self, name) < 1:
                 raise SLMError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
@@ -161,6 +153,7 @@ class Trainer:
         self.splits = {"train": train_data, "val": val_data}
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.run: dict | None = None  # the preset and data it trains on, when config.build_trainer made it
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
@@ -320,6 +313,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_dict(),
             "train_config": self.cfg.to_dict(),
+            "run": self.run,
             "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),  # float16's current loss scale; empty otherwise

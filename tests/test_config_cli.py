@@ -37,7 +37,7 @@ def test_every_shipped_preset_loads():
     for name in presets:
         run = load_config(name)
         assert isinstance(run, RunConfig) and isinstance(run.train, TrainConfig) and run.name == name
-        GPTConfig(vocab_size=65, **run.model)  # every model section is a valid GPT shape
+        assert isinstance(run.model, GPTConfig) and run.gpt_config(65).vocab_size == 65
         assert ((run.tokenizer == "char" and run.data in ("shakespeare", "darwin"))
                 or (run.tokenizer == "gpt2" and run.data in ("tinystories", "tinystories-valid")))
 
@@ -45,9 +45,9 @@ def test_every_shipped_preset_loads():
 def test_overrides():
     run = load_config("shakespeare-char-cpu", ["train.max_iters=5", "model.dropout=0.1", "train.learning_rate=1e-3",
                                                "model.bias=true", "data=my.txt", "name=tiny", "val_fraction=0.2"])
-    assert run.train.max_iters == 5 and run.model["dropout"] == 0.1 and run.train.learning_rate == 1e-3
-    assert run.model["bias"] is True and run.data == "my.txt" and run.name == "tiny" and run.val_fraction == 0.2
-    assert run.model["n_layer"] == 4  # untouched keys keep the preset's values
+    assert run.train.max_iters == 5 and run.model.dropout == 0.1 and run.train.learning_rate == 1e-3
+    assert run.model.bias is True and run.data == "my.txt" and run.name == "tiny" and run.val_fraction == 0.2
+    assert run.model.n_layer == 4  # untouched keys keep the preset's values
     run = load_config("shakespeare-char-cpu", ["train.min_lr=0"])  # an int where a float is expected
     assert run.train.min_lr == 0.0 and type(run.train.min_lr) is float
 
@@ -75,8 +75,7 @@ def test_overrides():
 ])
 def test_bad_overrides_name_the_key(override, named):
     with pytest.raises(SLMError, match=named) as err:
-        run = load_config("shakespeare-char-cpu", [override])
-        GPTConfig(vocab_size=65, **run.model)  # shape errors surface when the model is built
+        load_config("shakespeare-char-cpu", [override])  # shape errors too, before any data is read
     assert "\n" not in str(err.value)
 
 
@@ -84,7 +83,7 @@ def test_config_files(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_YAML)
     run = load_config(path)
-    assert run.name == "tiny" and run.model["n_embd"] == 32 and run.train.eval_interval == 10
+    assert run.name == "tiny" and run.model.n_embd == 32 and run.train.eval_interval == 10
     for content, match in [("model: [1, 2]\n", "mapping"), ("- a\n- b\n", "mapping"), ("model: {n_layer: 2\n", "YAML"),
                            ("train:\n  warmup: 3\n", "warmup")]:
         path.write_text(content)
@@ -165,6 +164,20 @@ def test_cli_resume_continues_the_run(trained, capsys, tmp_path):
     state = load_checkpoint(out_dir / "last.pt")
     assert state["step"] == 30 and [h["step"] for h in state["history"]] == [0, 10, 20, 30]
     assert len(state["step_losses"]) == 30
+
+
+def test_resume_with_another_corpus_or_preset_names_what_the_checkpoint_was_trained_on(trained, capsys, tmp_path):
+    import shutil
+
+    out_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", out_dir)
+    poem = str(trained / "poem.txt")
+    _assert_one_line_error(*_run(capsys, "train", "--config", str(trained / "tiny.yaml"), "--data", "darwin",
+                                 "--out", str(out_dir), "--resume")[::2],
+                           f"was trained with preset tiny on {poem}, not tiny on darwin", f"--data {poem}")
+    (tmp_path / "other.yaml").write_text((trained / "tiny.yaml").read_text())
+    _assert_one_line_error(*_run(capsys, "train", "--config", str(tmp_path / "other.yaml"), "--data", poem,
+                                 "--out", str(out_dir), "--resume")[::2], "preset tiny", "not other")
 
 
 def test_ctrl_c_exits_130_and_resume_continues_exactly(tmp_path, capsys):

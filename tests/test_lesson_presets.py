@@ -35,7 +35,7 @@ def test_every_lesson_preset_exists_and_gpu_presets_use_16_bits():
     for name in list_presets():
         run = load_config(name)
         if run.tokenizer == "gpt2" and run.train.compile:  # the GPU-sized BPE presets
-            assert run.model.get("vocab_multiple") == 64, name
+            assert run.model.vocab_multiple == 64, name
 
 
 def test_runs_dir_follows_slm_runs_dir(monkeypatch, tmp_path):
@@ -60,7 +60,7 @@ def test_the_cli_trains_into_slm_runs_dir(monkeypatch, tmp_path):
 def test_run_flops_counts_training_and_evaluation_by_hand():
     run = load_config("shakespeare-char-t4")
     with torch.device("meta"):
-        model = GPT(GPTConfig(vocab_size=65, **run.model))
+        model = GPT(run.gpt_config(65))
     per_token = 6 * model.num_params() + 12 * 6 * 6 * 64 * 256  # 6N + 12 L H Q T
     assert flops_per_token(model) == per_token
     tokens_per_step = 64 * 256

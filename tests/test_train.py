@@ -8,6 +8,7 @@ import torch
 
 from slm_helpers.checkpoint import load_checkpoint
 from slm_helpers.device import seed_everything
+from slm_helpers.config import from_mapping
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer
@@ -35,12 +36,24 @@ def test_lr_schedule_endpoints():
     (dict(batch_size=0), "batch_size"),
     (dict(learning_rate=2.0), "learning_rate"),
     (dict(learning_rate=1e-3, min_lr=1e-2), "min_lr"),
-    (dict(seed=True), "seed"),
-    (dict(eval_iters="10"), "eval_iters"),
 ])
 def test_train_config_validation(kwargs, key):
     with pytest.raises(SLMError, match=key):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("mapping, message", [
+    (dict(seed=True), "train.seed in f.yaml must be int, got True"),
+    (dict(eval_iters="10"), "train.eval_iters in f.yaml must be int, got '10'"),
+    (dict(compile="yes"), "train.compile in f.yaml must be bool"),
+    (dict(max_iter=5), r"unknown key\(s\) train.max_iter in f.yaml; known keys: .*train.max_iters"),
+    (dict(max_iters=0), "max_iters must be at least 1"),  # the range: TrainConfig's own check
+])
+def test_yaml_sections_are_checked_in_one_place(mapping, message):
+    with pytest.raises(SLMError, match=message):
+        from_mapping(TrainConfig, mapping, "f.yaml", "train.")
+    cfg = from_mapping(TrainConfig, {"min_lr": 0, "learning_rate": "1e-3"}, "f.yaml")  # numbers coerced
+    assert (cfg.min_lr, cfg.learning_rate) == (0.0, 1e-3) and type(cfg.min_lr) is float
 
 
 def test_optimizer_groups():

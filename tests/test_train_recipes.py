@@ -232,10 +232,10 @@ def test_gpt2_presets_have_the_advertised_size(preset, millions, target):
     run = load_config(preset)
     assert run.tokenizer == "gpt2" and run.data.startswith("tinystories")
     with torch.device("meta"):  # no memory, no initialisation: just the shapes
-        model = GPT(GPTConfig(vocab_size=50257, **run.model))
+        model = GPT(run.gpt_config(50257))
     assert model.num_params() / 1e6 == pytest.approx(millions, abs=0.001)
     assert abs(model.num_params() / 1e6 - target) / target < 0.1  # "about 6M / 25M / 85M"
-    assert model.num_params(non_embedding=False) - model.num_params() == run.model["block_size"] * run.model["n_embd"]
+    assert model.num_params(non_embedding=False) - model.num_params() == run.model.block_size * run.model.n_embd
 
 
 @pytest.mark.parametrize("override, named", [

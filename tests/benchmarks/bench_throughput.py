@@ -21,7 +21,7 @@ import torch
 from slm_helpers.config import load_config
 from slm_helpers.device import pick_device, seed_everything
 from slm_helpers.metrics import measure_throughput
-from slm_helpers.model import GPT, GPTConfig
+from slm_helpers.model import GPT
 from slm_helpers.train import Trainer
 
 PRESETS = ["shakespeare-char-cpu", "shakespeare-char", "tinystories-tiny", "tinystories-small", "tinystories-medium"]
@@ -54,7 +54,7 @@ def main() -> None:
             overrides.append(f"train.batch_size={args.batch_size}")
         run = load_config(preset, overrides + args.set)
         seed_everything(run.train.seed)
-        model = GPT(GPTConfig(vocab_size=VOCAB[run.tokenizer], **run.model))
+        model = GPT(run.gpt_config(VOCAB[run.tokenizer]))
         tokens = torch.randint(VOCAB[run.tokenizer], (200_000,))
         trainer = Trainer(model, tokens, tokens[:20_000], run.train, device=device)
         start = time.perf_counter()
