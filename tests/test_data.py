@@ -1,4 +1,4 @@
-"""data.py: downloads against a local HTTP server, corpus loading and cleaning, splits, batches."""
+"""data.py and download.py: downloads against a local HTTP server, corpus loading and cleaning, splits, batches."""
 
 import hashlib
 import http.server
@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from slm_helpers import data
-from slm_helpers.data import RemoteFile, download, get_batch, load_text, strip_gutenberg, train_val_split
+from slm_helpers import data, download as download_module
+from slm_helpers.data import get_batch, load_text, strip_gutenberg, train_val_split
+from slm_helpers.download import RemoteFile, download
 from slm_helpers.errors import SLMError
 
 SHAKESPEARE = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
@@ -121,10 +122,15 @@ def test_download_cut_short_by_the_server_is_rejected(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_download_names_still_import_from_data():
+    assert (data.RemoteFile, data.download, data.download_dir) == \
+           (RemoteFile, download, download_module.download_dir)
+
+
 def test_data_path_downloads_once_then_reuses_the_cache(server, tmp_path, monkeypatch):
     cache = tmp_path / "slm-data"
     monkeypatch.setenv("SLM_DATA_DIR", str(cache))
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setitem(data.DATA_FILES, "unit-test-corpus.txt",
                         RemoteFile(f"{server.url}/corpus.txt", SHA, len(PAYLOAD)))
     first = data.data_path("unit-test-corpus.txt")
@@ -135,10 +141,10 @@ def test_data_path_downloads_once_then_reuses_the_cache(server, tmp_path, monkey
 
 
 def test_data_path_without_data_dir_downloads_into_the_cache(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setitem(data.DATA_FILES, "unit-test-corpus.txt",
                         RemoteFile(f"{server.url}/corpus.txt", SHA, len(PAYLOAD)))
-    assert data.data_path("unit-test-corpus.txt") == tmp_path / "xdg-cache" / "unit-test-corpus.txt"
+    assert data.data_path("unit-test-corpus.txt") == tmp_path / "xdg-cache" / "slm_helpers" / "unit-test-corpus.txt"
 
 
 def test_data_path_unknown_file():
