@@ -24,7 +24,7 @@ def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
     source.add_argument("--config", help="a YAML config file (see slm_helpers/configs/ for examples)")
     parser.add_argument("--data", help="train on this UTF-8 text file (or corpus name) instead of the preset's")
-    parser.add_argument("--out", help="folder for checkpoints (default: runs/<preset name>; $SLM_RUNS_DIR replaces runs/)")
+    parser.add_argument("--out", help="folder for checkpoints (default: runs/<preset name>, $SLM_RUNS_DIR for runs/)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.max_iters=200 (repeatable)")

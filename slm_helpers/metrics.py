@@ -223,7 +223,8 @@ def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
         x, y = get_batch(trainer.splits["train"], trainer.cfg.batch_size, trainer.block_size, trainer.device)
         activations = activation_memory(trainer.model, x, y, trainer.autocast())
     return {**speed,
-            "model_tflops": speed["tokens_per_sec"] * trainer.flops_per_token / 1e12 if trainer.flops_per_token else None,
+            "model_tflops": speed["tokens_per_sec"] * trainer.flops_per_token / 1e12 if trainer.flops_per_token
+            else None,
             "ms_per_step": 1000 * seconds / steps,
             "activation_mb": activations / 2**20 if activations is not None else None,
             "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None}

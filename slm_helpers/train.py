@@ -183,7 +183,7 @@ class Trainer:
         self.best_val = math.inf
         self.train_seconds = 0.0  # time spent in training steps (evaluation excluded)
         self.grad_norm: float | None = None  # of the last step, before clipping (None without clipping)
-        self._last_logged = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) of the last record of each kind
+        self._last_logged = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) at the last record
         self.flops_per_token = flops_per_token(model) if hasattr(model, "config") else None
         self.peak_flops = peak_flops(self.device)
         self.metrics = MetricsLog(

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from .errors import SLMError
-from .utils import eval_mode
 from .sampling import SamplingOptions, next_token_probs, prompt_ids, sampling_options, stream
+from .utils import eval_mode
 
 
 def token_label(tokenizer, token_id: int) -> str:

@@ -21,8 +21,8 @@ from slm_helpers.bigram import BigramLanguageModel, CountingBigram
 from slm_helpers.checkpoint import load_model
 from slm_helpers.evaluate import evaluate_text, split_loss
 from slm_helpers.model import GPT, GPTConfig
-from slm_helpers.teaching import AttentionLM
 from slm_helpers.sampling import beam_search, complete, generate, stream
+from slm_helpers.teaching import AttentionLM
 from slm_helpers.tokenizers import CharTokenizer
 from slm_helpers.train import TrainConfig, Trainer
 from slm_helpers.widgets import Sampler

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from slm_helpers import metrics
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers import metrics
 from slm_helpers.metrics import MetricsLog, activation_memory, measure_throughput, read_metrics
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.plotting import plot_metrics

@@ -11,8 +11,8 @@ import torch
 
 from slm_helpers.errors import SLMError
 from slm_helpers.sampling import (
-    apply_repetition_penalty,
     SamplingOptions,
+    apply_repetition_penalty,
     beam_search,
     check_length,
     complete,

@@ -18,6 +18,7 @@ from ..data import DATA_FILES, data_path
 from ..errors import SLMError
 from .bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer
 
+
 def _gpt2_file(name: str) -> Path:
     """Path of GPT-2's tokenizer file ``name`` (shipped, or downloaded once), checked against its published hash."""
     remote = DATA_FILES[f"gpt2/{name}"]

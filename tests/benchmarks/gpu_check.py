@@ -53,7 +53,8 @@ def machine(device: str) -> list[str]:
     return lines
 
 
-def run(command: list[str], *, env: dict | None = None, cwd: Path = ROOT, timeout: float = 600) -> tuple[bool, str, float]:
+def run(command: list[str], *, env: dict | None = None, cwd: Path = ROOT,
+        timeout: float = 600) -> tuple[bool, str, float]:
     """(succeeded, its output, seconds) of a command, never raising."""
     start = time.perf_counter()
     try:
@@ -70,7 +71,8 @@ def execute_lesson(path: Path, quick: bool) -> tuple[bool, str, float]:
     code = ("import sys, nbformat\n"
             "from nbclient import NotebookClient\n"
             f"nb = nbformat.read({str(path)!r}, as_version=4)\n"
-            f"NotebookClient(nb, timeout=1200, kernel_name='python3', resources={{'metadata': {{'path': {str(path.parent)!r}}}}}).execute()\n"
+            f"where = {{'metadata': {{'path': {str(path.parent)!r}}}}}\n"
+            "NotebookClient(nb, timeout=1200, kernel_name='python3', resources=where).execute()\n"
             "print(sum(c.cell_type == 'code' for c in nb.cells), 'code cells ran')\n")
     env = {"SLM_QUICK": "1" if quick else "0"}
     ok, output, seconds = run([sys.executable, "-c", code], env=env, timeout=1800)
