@@ -1,14 +1,19 @@
 """Corpora: find the text, clean it, split it, and cut it into training batches.
 
-The repository ships every corpus in ``data/``. A copy of the package installed without the
-repository (``pip install`` from Git, say) downloads a missing file once from its public
-source into a cache folder, checked, with download.py, and reuses it from then on.
+``CORPORA`` lists every text the course knows by name, and ``load_text`` reads one (or any UTF-8 file
+of yours) through ``text_blocks``, the package's one reader of text files. The small corpora ship in
+``data/``; a missing file (TinyStories, or any of them when the package is installed without the
+repository) is downloaded once and checked, by download.py. Left out: tokenizing (tokenizers/,
+tokens.py) and shuffling (text is ordered, so the validation split is its end).
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +23,8 @@ from .errors import SLMError
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
-# Provenance of each file: data/README.md. Pinned commits, so the bytes never change under us.
+# Where each data file comes from, pinned so the bytes never change under us (provenance: data/README.md).
+_TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 DATA_FILES = {
     "tinyshakespeare.txt": RemoteFile(
         "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
@@ -35,6 +41,9 @@ DATA_FILES = {
         "defaedb58bf28079f3e29c6142cb7f3568d331a577e0911c5d7925c465c50c43",
         3_794,
     ),
+    # TinyStories version 2: the stories GPT-4 wrote (the cleaner half of the dataset); no published hash
+    "TinyStoriesV2-GPT4-train.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-train.txt", None, 2_227_753_162),
+    "TinyStoriesV2-GPT4-valid.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt", None, 22_502_601),
     "gpt2/vocab.bpe": RemoteFile(
         "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
         "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -47,45 +56,97 @@ DATA_FILES = {
     ),
 }
 
-CORPORA = {
-    "shakespeare": "tinyshakespeare.txt",
-    "darwin": "origin_of_species.txt",
-    "tinystories-sample": "tinystories_sample.txt",
-}
+
+@dataclass(frozen=True)
+class Corpus:
+    """A text known by name: the data files to train on, in order, and the files to validate on where it
+    has its own (else the last ``val_fraction`` of the training text is the validation split).
+    ``streamed``: too large to read whole, so only tokenizer gpt2 takes it, tokenized as it streams in."""
+
+    name: str
+    train: tuple[str, ...]
+    val: tuple[str, ...] = ()
+    note: str = ""
+    streamed: bool = False
 
 
-def _search_dirs() -> list[Path]:
-    dirs = [Path(os.environ["SLM_DATA_DIR"])] if os.environ.get("SLM_DATA_DIR") else []
-    return dirs + [REPO_DATA_DIR, cache_dir()]
+CORPORA = {corpus.name: corpus for corpus in [
+    Corpus("shakespeare", ("tinyshakespeare.txt",), note="Tiny Shakespeare: 1 MB of the plays (lessons 1-7, 9, 10)"),
+    Corpus("darwin", ("origin_of_species.txt",),
+           note="On the Origin of Species (1859), without Project Gutenberg's header and licence"),
+    Corpus("tinystories-sample", ("tinystories_sample.txt",), note="five TinyStories, shipped (lesson 8's demo)"),
+    Corpus("tinystories", ("TinyStoriesV2-GPT4-train.txt",), ("TinyStoriesV2-GPT4-valid.txt",), streamed=True,
+           note="TinyStories: the 2.2 GB train file for training, the valid file for validation"),
+    Corpus("tinystories-valid", ("TinyStoriesV2-GPT4-valid.txt",), streamed=True,
+           note="TinyStories' 22 MB valid file alone, split into train and val (the small option)"),
+    Corpus("tinystories-sample+shakespeare", ("tinystories_sample.txt", "tinyshakespeare.txt"),
+           note="offline stand-in for TinyStories: the five shipped stories, then Tiny Shakespeare"),
+]}
 
 
-def data_path(filename: str, remote: RemoteFile | None = None) -> Path:
-    """Path of a known data file, downloading it into the cache on first use if it is missing.
-
-    ``remote`` says where a file that is not in ``DATA_FILES`` comes from (TinyStories, see tokens.py).
-    """
-    for folder in _search_dirs():
+def data_path(filename: str) -> Path:
+    """Path of a file of ``DATA_FILES``: in ``$SLM_DATA_DIR``, the repository's ``data/`` or the cache, else
+    downloaded (checked) into ``download_dir()`` on first use."""
+    env = os.environ.get("SLM_DATA_DIR")
+    for folder in [*([Path(env)] if env else []), REPO_DATA_DIR, cache_dir()]:
         if (folder / filename).is_file():
             return folder / filename
-    if remote is None and filename not in DATA_FILES:
+    if filename not in DATA_FILES:
         raise SLMError(f"unknown data file {filename!r}; known files: {', '.join(sorted(DATA_FILES))}")
-    remote = remote or DATA_FILES[filename]
+    remote = DATA_FILES[filename]
     return download(remote.url, download_dir() / filename, sha256=remote.sha256, size=remote.size)
 
 
-def read_text_file(path: str | Path) -> str:
-    """Read a UTF-8 text file for training, with clear errors for the usual mistakes."""
+def text_file(path: str | Path, *, expected: str = "a UTF-8 text file") -> Path:
+    """``path`` if it is a file with something in it, else an error that says what it is and what to pass."""
     path = Path(path)
+    instead = f"pass {expected} or a corpus name ({', '.join(CORPORA)})"
+    if path.is_dir():
+        raise SLMError(f"{path} is a directory, not a text file; {instead}")
     if not path.is_file():
-        raise SLMError(f"data file {path} does not exist; pass the path of a UTF-8 text file")
+        raise SLMError(f"data file {path} does not exist; {instead}")
+    if path.stat().st_size == 0:
+        raise _empty(path)
+    return path
+
+
+def text_blocks(path: str | Path, block_chars: int = -1) -> Iterator[str]:
+    """The text of a UTF-8 file, ``block_chars`` characters at a time (-1: all of it at once).
+
+    The one reader of text in the package: a byte-order mark at the start is dropped (Darwin's file
+    has one) and line endings become "\\n", whether the file is read whole or streamed.
+    """
+    return _blocks(text_file(path), block_chars)  # the file is checked now, not at the first block
+
+
+def _blocks(path: Path, block_chars: int) -> Iterator[str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig drops a byte-order mark if there is one
-    except UnicodeDecodeError as err:
-        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset {err.start}); "
+        with open(path, encoding="utf-8-sig") as f:
+            while block := f.read(block_chars):
+                yield block
+    except UnicodeDecodeError:
+        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset {_first_bad_byte(path):,}); "
                        "convert it to UTF-8 first") from None
-    if not text.strip():
-        raise SLMError(f"data file {path} is empty; give it some text to learn from")
-    return text
+
+
+def _first_bad_byte(path: Path) -> int:
+    """Where the first byte that is not UTF-8 sits in ``path`` (a text stream counts from its last read)."""
+    decoder, done = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            held = len(decoder.getstate()[0])  # the start of a character cut off by the previous block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                return done - held + err.start
+            if not block:
+                return done
+            done += len(block)
+
+
+def _empty(path: Path) -> SLMError:
+    return SLMError(f"data file {path} is empty; give it some text to learn from")
 
 
 def strip_gutenberg(text: str) -> str:
@@ -101,11 +162,22 @@ def strip_gutenberg(text: str) -> str:
     return body + "\n"
 
 
+def load_file(path: str | Path) -> str:
+    """One text file read whole and cleaned as every corpus is (``strip_gutenberg``)."""
+    text = "".join(text_blocks(path))
+    if not text.strip():
+        raise _empty(Path(path))
+    return strip_gutenberg(text)
+
+
 def load_text(name_or_path: str | Path) -> str:
-    """A corpus by name (``shakespeare``, ``darwin``, ``tinystories-sample``) or any UTF-8 file."""
-    if str(name_or_path) in CORPORA:
-        return strip_gutenberg(read_text_file(data_path(CORPORA[str(name_or_path)])))
-    return strip_gutenberg(read_text_file(name_or_path))
+    """A corpus by name (a key of ``CORPORA``: its training files, one after the other) or any UTF-8 file."""
+    corpus = CORPORA.get(str(name_or_path))
+    if corpus is None:
+        return load_file(name_or_path)
+    if corpus.streamed:
+        raise SLMError(f"corpus {corpus.name!r} is too large to read whole; train on it with tokenizer: gpt2")
+    return "".join(load_file(data_path(name)) for name in corpus.train)
 
 
 def train_val_split(data, val_fraction: float = 0.1):

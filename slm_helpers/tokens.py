@@ -8,7 +8,9 @@ Why files: TinyStories is 2.2 GB of text, about 540M tokens. Tokenizing it takes
 done once; holding it as int64 tensors would take 4 GB of memory. A ``.bin`` file is the token ids and
 nothing else, two bytes each (GPT-2's 50,257 ids fit in 16 bits), so token i sits at byte 2i and a
 batch reads just its windows through ``np.memmap``: the operating system pages in what is touched and
-the rest stays on disk. ``meta.json`` beside the two files says what they hold.
+the rest stays on disk. ``meta.json`` beside the two files says what they hold. Which texts exist and how
+they are read is data.py's business; left out: shuffling (batches are random windows, ``data.get_batch``),
+shards and any tokenizer but GPT-2's.
 """
 
 from __future__ import annotations
@@ -16,29 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import CORPORA, RemoteFile, check_val_fraction, data_path, download_dir, load_text
-from .tokenizers.bpe import ENDOFTEXT
+from .data import CORPORA, check_val_fraction, data_path, load_file, text_blocks, text_file
+from .download import download_dir
 from .errors import SLMError
-
-
-_TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
-TINYSTORIES = {  # version 2: the stories GPT-4 wrote (the cleaner half of the dataset)
-    "train": RemoteFile(f"{_TINYSTORIES_URL}/TinyStoriesV2-GPT4-train.txt", None, 2_227_753_162),
-    "valid": RemoteFile(f"{_TINYSTORIES_URL}/TinyStoriesV2-GPT4-valid.txt", None, 22_502_601),
-}
-
-# Data names that token_dataset knows besides corpus names and paths.
-DATASETS = {
-    "tinystories": "TinyStories: the 2.2 GB train file for training, the valid file for validation",
-    "tinystories-valid": "TinyStories' 22 MB valid file alone, split into train and val (the small option)",
-    "tinystories-sample+shakespeare": "offline stand-in: the 5 shipped TinyStories, then Tiny Shakespeare",
-}
+from .tokenizers.bpe import ENDOFTEXT
 
 
 class TokenFile:
@@ -81,51 +71,51 @@ def _safe_cut(text: str) -> int:
 
 def _file_chunks(path: Path, chunk_chars: int):
     """The text of a UTF-8 file in pieces of about ``chunk_chars`` characters, cut where tokens allow."""
+    carry = ""
+    for block in text_blocks(path, chunk_chars):
+        text = carry + block
+        cut = _safe_cut(text)
+        if cut:
+            yield text[:cut]
+        carry = text[cut:]
+    if carry:
+        yield carry
+
+
+def _texts(sources, chunk_chars: int) -> list[tuple[int, Iterable[str]]]:
+    """Each file of ``sources`` (corpus names or text files) as (size in bytes, pieces of text), in order."""
+    texts = []
+    for source in sources:
+        corpus = CORPORA.get(str(source))
+        if corpus is not None and not corpus.streamed:  # small: read whole, cleaned as load_text cleans it
+            for name in corpus.train:
+                text = load_file(data_path(name))
+                texts.append((len(text.encode("utf-8")), [text]))
+        else:  # TinyStories or your own file: streamed, whatever its size
+            for path in _downloaded(corpus.train) if corpus else [text_file(source)]:
+                texts.append((path.stat().st_size, _file_chunks(path, chunk_chars)))
+    return texts
+
+
+def _downloaded(files) -> list[Path]:
+    """The paths of data files too large to ship (TinyStories), downloaded into the cache once."""
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig drops a byte-order mark if there is one
-            carry = ""
-            while block := f.read(chunk_chars):
-                text = carry + block
-                cut = _safe_cut(text)
-                if cut:
-                    yield text[:cut]
-                carry = text[cut:]
-            if carry:
-                yield carry
-    except UnicodeDecodeError as err:
-        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset {err.start}); "
-                       "convert it to UTF-8 first") from None
+        return [data_path(name) for name in files]
+    except SLMError as err:
+        raise SLMError(f"{err}; to train without TinyStories, use data: tinystories-sample+shakespeare "
+                       "(the shipped stand-in)") from None
 
 
-def _source_chunks(source: str | Path, chunk_chars: int):
-    """(size in bytes, chunks of text) of a corpus name (the shipped, small ones: read whole, cleaned
-    as ``load_text`` cleans them) or a text file of any size (streamed)."""
-    if str(source) in CORPORA:
-        text = load_text(str(source))
-        return len(text.encode("utf-8")), [text]
-    path = Path(source)
-    if not path.is_file():
-        raise SLMError(f"data file {path} does not exist; pass a corpus name ({', '.join(CORPORA)}) "
-                       "or the path of a UTF-8 text file")
-    if path.stat().st_size == 0:
-        raise SLMError(f"data file {path} is empty; give it some text to learn from")
-    return path.stat().st_size, _file_chunks(path, chunk_chars)
-
-
-def _encode_sources(sources, out_path: Path, desc: str, chunk_chars: int) -> int:
-    """Tokenize ``sources`` one after the other into ``out_path`` (uint16), an end-of-text token after
+def _encode(texts, out_path: Path, desc: str, enc) -> int:
+    """Tokenize ``texts`` one after the other into ``out_path`` (uint16), an end-of-text token after
     each; returns the number of tokens written."""
-    from .tokenizers import gpt2_encoding
-
-    enc = gpt2_encoding()
     threads = os.cpu_count() or 1
-    opened = [_source_chunks(s, chunk_chars) for s in sources]  # fail on a bad source before any work
     written = 0
-    with open(out_path, "wb") as out, tqdm(total=sum(size for size, _ in opened), unit="B", unit_scale=True,
+    with open(out_path, "wb") as out, tqdm(total=sum(size for size, _ in texts), unit="B", unit_scale=True,
                                            desc=desc, leave=False) as bar:
-        for _, chunks in opened:
+        for _, chunks in texts:
             pending: list[str] = []
-            for chunk in [*chunks, None]:  # None: flush what is pending at the end of the source
+            for chunk in [*chunks, None]:  # None: flush what is pending at the end of the text
                 if chunk is not None:
                     pending.append(chunk)
                 if pending and (chunk is None or len(pending) == threads):
@@ -150,15 +140,20 @@ def prepare_tokens(train: list[str | Path], out_dir: str | Path, *, val: list[st
     of the tokens of ``train`` become the validation split (no shuffling, as ``data.train_val_split``).
     The files appear only when complete: ``meta.json`` is written last.
     """
+    from .tokenizers import gpt2_encoding
+
     if val is None:
         check_val_fraction(val_fraction)
+    train_texts = _texts(train, chunk_chars)  # fail on a bad source before any work
+    val_texts = _texts(val, chunk_chars) if val is not None else None
+    enc = gpt2_encoding()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
     train_tmp, val_tmp = out_dir / "train.bin.tmp", out_dir / "val.bin.tmp"
-    n_train = _encode_sources(train, train_tmp, "tokenizing", chunk_chars)
-    if val is not None:
-        n_val = _encode_sources(val, val_tmp, "tokenizing val", chunk_chars)
+    n_train = _encode(train_texts, train_tmp, "tokenizing", enc)
+    if val_texts is not None:
+        n_val = _encode(val_texts, val_tmp, "tokenizing val", enc)
     else:  # move the tail into val.bin, then cut it off train.bin
         n_val = n_train - int(n_train * (1 - val_fraction))
         n_train -= n_val
@@ -166,11 +161,8 @@ def prepare_tokens(train: list[str | Path], out_dir: str | Path, *, val: list[st
         os.truncate(train_tmp, 2 * n_train)
     os.replace(train_tmp, out_dir / "train.bin")
     os.replace(val_tmp, out_dir / "val.bin")
-    from .tokenizers import gpt2_encoding
-
-    enc = gpt2_encoding()
-    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": "uint16", "eot_token": enc.eot_token, "train": [str(s) for s in train],
-            "val": [str(s) for s in val] if val is not None else None,
+    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": "uint16", "eot_token": enc.eot_token,
+            "train": [str(s) for s in train], "val": [str(s) for s in val] if val is not None else None,
             "val_fraction": None if val is not None else val_fraction,
             "train_tokens": n_train, "val_tokens": n_val}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -193,41 +185,23 @@ def tokens_root() -> Path:
 def token_dataset(source: str | Path, *, val_fraction: float = 0.1) -> Path:
     """The folder of ``train.bin``/``val.bin``/``meta.json`` for ``source``, prepared on first use.
 
-    ``source`` is a name from ``DATASETS`` (TinyStories, downloaded on demand), a corpus name
-    (``shakespeare``, ...), a UTF-8 text file, or a folder that already holds prepared tokens.
+    ``source`` is a corpus name (``data.CORPORA``: TinyStories is downloaded on demand), a UTF-8 text
+    file, or a folder that already holds prepared tokens.
     """
     if (Path(source) / "meta.json").is_file():
         return Path(source)
-    name = str(source)
-    val = None
-    if name == "tinystories":
-        train, val = [_tinystories("train")], [_tinystories("valid")]
-        key = name
-    elif name == "tinystories-valid":
-        train, key = [_tinystories("valid")], f"{name}-val{val_fraction}"
-    elif name == "tinystories-sample+shakespeare":
-        train, key = ["tinystories-sample", "shakespeare"], f"{name}-val{val_fraction}"
-    elif name in CORPORA:
-        train, key = [name], f"{name}-val{val_fraction}"
+    corpus = CORPORA.get(str(source))
+    if corpus is not None:
+        key = corpus.name if corpus.val else f"{corpus.name}-val{val_fraction}"
     else:
-        path = Path(source).resolve()
-        if not path.is_file():
-            raise SLMError(f"data {name!r} is not a dataset ({', '.join(DATASETS)}), a corpus "
-                           f"({', '.join(CORPORA)}), a text file or a folder of prepared tokens")
+        path = text_file(source, expected="a UTF-8 text file, a folder of prepared tokens").resolve()
         stat = path.stat()  # a changed file gets a new folder
         fingerprint = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-        train, key = [path], f"{path.stem}-{fingerprint}-val{val_fraction}"
+        key = f"{path.stem}-{fingerprint}-val{val_fraction}"
     folder = tokens_root() / key
     if (folder / "meta.json").is_file():
         return folder
-    return prepare_tokens(train, folder, val=val, val_fraction=val_fraction)
-
-
-def _tinystories(split: str) -> Path:
-    """The TinyStories text file of ``split`` ("train" or "valid"), downloaded into the cache once."""
-    remote = TINYSTORIES[split]
-    try:
-        return data_path(remote.url.rsplit("/", 1)[1], remote)
-    except SLMError as err:
-        raise SLMError(f"{err}; to train without TinyStories, use data: tinystories-sample+shakespeare "
-                       "(the shipped stand-in)") from None
+    if corpus is None:
+        return prepare_tokens([path], folder, val_fraction=val_fraction)
+    val = _downloaded(corpus.val) if corpus.val else None
+    return prepare_tokens([corpus.name], folder, val=val, val_fraction=val_fraction)

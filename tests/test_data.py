@@ -1,4 +1,5 @@
-"""data.py and download.py: downloads against a local HTTP server, corpus loading and cleaning, splits, batches."""
+"""data.py and download.py: downloads against a local HTTP server, the corpus registry, reading and cleaning
+text, splits, batches."""
 
 import hashlib
 import http.server
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from slm_helpers import data, download as download_module
-from slm_helpers.data import get_batch, load_text, strip_gutenberg, train_val_split
+from slm_helpers.cli import main
+from slm_helpers.data import get_batch, load_text, strip_gutenberg, text_blocks, train_val_split
 from slm_helpers.download import RemoteFile, download
 from slm_helpers.errors import SLMError
 
@@ -152,6 +154,13 @@ def test_data_path_unknown_file():
         data.data_path("no-such-file.txt")
 
 
+def test_every_corpus_names_known_data_files():
+    """One registry: each corpus is made of files that DATA_FILES says how to fetch."""
+    for name, corpus in data.CORPORA.items():
+        assert corpus.name == name and corpus.train and corpus.note
+        assert set(corpus.train + corpus.val) <= set(data.DATA_FILES), name
+
+
 def test_shipped_files_match_their_registry_entries():
     """The repository's data/ files are the pinned bytes the downloader would fetch."""
     for name in ("tinyshakespeare.txt", "origin_of_species.txt", "tinystories_sample.txt"):
@@ -177,6 +186,30 @@ def test_load_shakespeare_is_the_shipped_file():
     assert load_text("shakespeare") == Path(SHAKESPEARE).read_text(encoding="utf-8")
 
 
+def test_shipped_files_need_no_byte_order_mark_rule_but_darwin():
+    """The reader drops a byte-order mark: only Darwin's file has one, so no other shipped text changes."""
+    starts = {name: (data.REPO_DATA_DIR / name).read_bytes()[:3] for name in
+              ("tinyshakespeare.txt", "origin_of_species.txt", "tinystories_sample.txt")}
+    assert [name for name, head in starts.items() if head == b"\xef\xbb\xbf"] == ["origin_of_species.txt"]
+
+
+def test_a_multi_file_corpus_is_its_files_in_order():
+    assert load_text("tinystories-sample+shakespeare") == load_text("tinystories-sample") + load_text("shakespeare")
+
+
+def test_a_streamed_corpus_is_not_read_whole():
+    with pytest.raises(SLMError, match="too large to read whole.*tokenizer: gpt2"):
+        load_text("tinystories")
+
+
+def test_text_blocks_streams_the_same_text_it_reads_whole(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(("\ufeff" + "one\r\ntwo\rthree\n" * 300).encode("utf-8"))  # BOM, Windows and old Mac line ends
+    whole = "".join(text_blocks(path))
+    assert whole == "one\ntwo\nthree\n" * 300
+    assert "".join(text_blocks(path, block_chars=7)) == whole
+
+
 def test_load_text_from_a_path(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_bytes("\ufeffhéllo wörld\n".encode("utf-8"))
@@ -191,7 +224,7 @@ def test_strip_gutenberg_hand_example():
 
 
 @pytest.mark.parametrize("content, match", [
-    (None, "does not exist"),
+    (None, "does not exist; pass a UTF-8 text file or a corpus name .shakespeare, darwin"),
     (b"", "is empty"),
     (b"  \n\t\n", "is empty"),
     (b"abc\xe9def", "not UTF-8.*offset 3"),  # Latin-1 'e acute' is not valid UTF-8
@@ -203,6 +236,33 @@ def test_load_text_bad_files(tmp_path, content, match):
     with pytest.raises(SLMError, match=match) as err:
         load_text(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_byte_is_found_where_it_is_even_when_streaming(tmp_path):
+    path = tmp_path / "corpus.txt"
+    # past the first read of a stream, and with an 'é' cut in two at the 1 MiB mark
+    path.write_bytes(b"a" + "é".encode("utf-8") * 600_000 + b"\xff" + b"tail\n")
+    for block_chars in (-1, 100):
+        with pytest.raises(SLMError, match=r"bad byte at offset 1,200,001\)"):
+            "".join(text_blocks(path, block_chars))
+
+
+def test_a_directory_is_called_a_directory(tmp_path):
+    with pytest.raises(SLMError) as err:
+        load_text(tmp_path)
+    assert str(err.value) == (f"{tmp_path} is a directory, not a text file; pass a UTF-8 text file or a corpus name "
+                              f"({', '.join(data.CORPORA)})")
+
+
+def test_cli_train_on_a_directory_is_a_one_line_error(tmp_path, capsys):
+    folder = tmp_path / "some_folder"
+    folder.mkdir()
+    rc = main(["train", "--preset", "shakespeare-char-cpu", "--data", f"{folder}/", "--out", str(tmp_path / "run"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {folder} is a directory, not a text file; pass a UTF-8 text file or a corpus name (")
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- split and batches

@@ -1,4 +1,4 @@
-"""tokens.py and the restartable download: TinyStories from a local server, uint16 token files, batches from disk."""
+"""tokens.py and the resumable download: TinyStories from a local server, uint16 token files, batches from disk."""
 
 import hashlib
 import http.server
@@ -14,7 +14,9 @@ import torch
 
 from slm_helpers import data, tokens
 from slm_helpers.config import build_trainer, load_config
-from slm_helpers.data import RemoteFile, download, get_batch
+from slm_helpers.cli import main
+from slm_helpers.data import get_batch
+from slm_helpers.download import RemoteFile, download
 from slm_helpers.errors import SLMError
 from slm_helpers.tokenizers import gpt2_encoding
 from slm_helpers.tokens import TokenFile, _file_chunks, load_meta, prepare_tokens, token_dataset
@@ -113,18 +115,21 @@ def test_interrupted_download_keeps_its_part_and_resumes(server, tmp_path):
 
 # ---------------------------------------------------------------- TinyStories on demand
 
+VALID = "TinyStoriesV2-GPT4-valid.txt"
+
+
 @pytest.fixture
 def local_tinystories(server, tmp_path, monkeypatch):
     """TinyStories' valid file served from 127.0.0.1; downloads and token folders under tmp_path."""
     monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setitem(tokens.TINYSTORIES, "valid", RemoteFile(server.url, SHA, len(PAYLOAD)))
+    monkeypatch.setitem(data.DATA_FILES, VALID, RemoteFile(server.url, SHA, len(PAYLOAD)))
     return server
 
 
 def test_tinystories_is_downloaded_tokenized_and_cached(local_tinystories, tmp_path):
     folder = token_dataset("tinystories-valid", val_fraction=0.1)
     assert folder.parent == tmp_path / "data" / "tokens"
-    assert (tmp_path / "data" / "valid.txt").read_bytes() == PAYLOAD  # the download is kept too
+    assert (tmp_path / "data" / VALID).read_bytes() == PAYLOAD  # the download is kept too
     meta = load_meta(folder)
     enc = gpt2_encoding()
     ids = enc.encode(STORIES, allowed_special={"<|endoftext|>"}) + [enc.eot_token]  # separators -> id 50256
@@ -142,10 +147,16 @@ def test_tinystories_offline_is_a_clear_error(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
-    monkeypatch.setitem(tokens.TINYSTORIES, "valid", RemoteFile(f"http://127.0.0.1:{port}/v.txt", None, 10))
+    monkeypatch.setitem(data.DATA_FILES, VALID, RemoteFile(f"http://127.0.0.1:{port}/v.txt", None, 10))
     with pytest.raises(SLMError, match="if you are offline") as err:
         token_dataset("tinystories-valid")
     assert "\n" not in str(err.value) and "tinystories-sample+shakespeare" in str(err.value)
+
+
+def test_tinystories_tokens_in_the_cache_need_no_download(local_tinystories, tmp_path):
+    folder = token_dataset("tinystories-valid")
+    (tmp_path / "data" / VALID).unlink()
+    assert token_dataset("tinystories-valid") == folder and local_tinystories.ranges == [None]
 
 
 def test_a_prepared_folder_is_used_as_is(tmp_path):
@@ -206,8 +217,25 @@ def test_bad_text_files(tmp_path, content, match):
 
 
 def test_unknown_source_names_the_choices():
-    with pytest.raises(SLMError, match="tinystories-valid"):
+    with pytest.raises(SLMError, match="no-such-corpus does not exist.*folder of prepared tokens.*tinystories-valid"):
         token_dataset("no-such-corpus")
+
+
+def test_a_directory_is_called_a_directory(tmp_path):
+    with pytest.raises(SLMError, match=f"^{tmp_path} is a directory, not a text file; pass a UTF-8 text file, "
+                                       "a folder of prepared tokens or a corpus name .shakespeare, "):
+        token_dataset(tmp_path)
+
+
+def test_cli_gpt2_train_on_a_directory_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path / "cache"))
+    (tmp_path / "some_folder").mkdir()
+    rc = main(["train", "--preset", "tinystories-tiny", "--data", str(tmp_path / "some_folder"),
+               "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'some_folder'} is a directory, not a text file;")
+    assert not (tmp_path / "cache").exists()  # nothing was tokenized
 
 
 # ---------------------------------------------------------------- reading batches from disk
