@@ -16,6 +16,7 @@ shards and any tokenizer but GPT-2's.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -114,19 +115,14 @@ def _encode(texts, out_path: Path, desc: str, enc) -> int:
     with open(out_path, "wb") as out, tqdm(total=sum(size for size, _ in texts), unit="B", unit_scale=True,
                                            desc=desc, leave=False) as bar:
         for _, chunks in texts:
-            pending: list[str] = []
-            for chunk in [*chunks, None]:  # None: flush what is pending at the end of the text
-                if chunk is not None:
-                    pending.append(chunk)
-                if pending and (chunk is None or len(pending) == threads):
-                    # tiktoken encodes a batch on several threads; <|endoftext|> in the text is
-                    # TinyStories' separator between stories
-                    for text, ids in zip(pending, enc.encode_batch(pending, num_threads=threads,
-                                                                   allowed_special={ENDOFTEXT})):
-                        np.asarray(ids, dtype=np.uint16).tofile(out)
-                        written += len(ids)
-                        bar.update(len(text.encode("utf-8")))
-                    pending = []
+            chunks = iter(chunks)
+            # tiktoken encodes a batch on several threads; <|endoftext|> in the text is TinyStories'
+            # separator between stories
+            while batch := list(itertools.islice(chunks, threads)):
+                for text, ids in zip(batch, enc.encode_batch(batch, num_threads=threads, allowed_special={ENDOFTEXT})):
+                    np.asarray(ids, dtype=np.uint16).tofile(out)
+                    written += len(ids)
+                    bar.update(len(text.encode("utf-8")))
             np.asarray([enc.eot_token], dtype=np.uint16).tofile(out)
             written += 1
     return written

@@ -183,6 +183,20 @@ def test_chunks_are_cut_where_tokens_do_not_change(tmp_path):
     assert got.tolist() == whole
 
 
+def test_a_stream_is_tokenized_as_it_comes_not_gathered_first(tmp_path):
+    """TinyStories' 2.2 GB must never be in memory at once: tokens of early pieces are on disk before the
+    stream has given its last piece."""
+    out, written_so_far = tmp_path / "t.bin", []
+
+    def pieces():
+        for i in range(40):
+            written_so_far.append(out.stat().st_size if out.exists() else 0)
+            yield f"Line {i} of a stream.\n"
+
+    tokens._encode([(0, pieces())], out, "test", gpt2_encoding())
+    assert written_so_far[-1] > 0
+
+
 def test_prepare_with_a_separate_val_source(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("The cat sat on the mat.\n", encoding="utf-8")
