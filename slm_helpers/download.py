@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .errors import SLMError
 
+
 @dataclass(frozen=True)
 class RemoteFile:
     """Where a data file comes from and how to know we got exactly that file."""

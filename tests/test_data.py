@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from slm_helpers import data, download as download_module
+from slm_helpers import data
+from slm_helpers import download as download_module
 from slm_helpers.cli import main
 from slm_helpers.data import get_batch, load_text, strip_gutenberg, text_blocks, train_val_split
 from slm_helpers.download import RemoteFile, download

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from slm_helpers import data, tokens
-from slm_helpers.config import build_trainer, load_config
 from slm_helpers.cli import main
+from slm_helpers.config import build_trainer, load_config
 from slm_helpers.data import get_batch
 from slm_helpers.download import RemoteFile, download
 from slm_helpers.errors import SLMError
