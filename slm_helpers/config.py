@@ -11,7 +11,7 @@ A config names the data, the tokenizer, the model shape and the training recipe:
 ``from_mapping`` turns each YAML mapping into its dataclass, rejecting unknown keys and wrong types and
 turning whole numbers into floats where a float is meant; each dataclass checks its own ranges in
 ``__post_init__``. So a misspelt or mistyped key is an error that names it. With ``tokenizer: gpt2``
-``data`` may also name a TinyStories dataset (``tinystories``, ``tinystories-valid``; see tokens.DATASETS)
+``data`` may also name a TinyStories dataset (``tinystories``, ``tinystories-valid``; see data.CORPORA)
 or a folder of prepared token files.
 """
 
