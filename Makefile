@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 # The Chromium the browser tests drive (Debian's package: apt-get install chromium).
 CHROMIUM ?= $(or $(SLM_CHROMIUM),$(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null))
 
-.PHONY: lab test lint-ci test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
+.PHONY: lab test lint lint-ci test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: lint-ci test-unit test-notebooks test-browser
+test: lint lint-ci test-unit test-notebooks test-browser
+
+# ruff: pyflakes, pycodestyle and import order over the package and the tests (settings in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check slm_helpers tests
 
 # actionlint checks .github/workflows/ (and, when shellcheck is installed, the shell of its run: steps;
 # GitHub's runners have it, elsewhere apt-get install shellcheck). It is installed here, not in the dev

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from slm_helpers.checkpoint import load_checkpoint
-from slm_helpers.device import seed_everything
 from slm_helpers.config import from_mapping
+from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer

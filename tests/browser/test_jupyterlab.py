@@ -126,8 +126,8 @@ def test_sampling_lesson_widget_generates_text(page, lab, screenshots):
                            timeout=10_000)
     after = readout.inner_text()
     assert float(after) > float(before), f"the temperature slider did not move ({before} -> {after})"
-    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[chart.element_handle(), chart_before],
-                           timeout=30_000)
+    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old",
+                           arg=[chart.element_handle(), chart_before], timeout=30_000)
 
     # Generate, and read the text the output area shows once it stops growing.
     generate.click()
