@@ -2,7 +2,8 @@
 
 A laptop without Chromium may skip tests/browser with a clear line; CI (.ci/run, the GitHub workflow)
 sets SLM_REQUIRE_BROWSER=1, and then a missing Chromium or Playwright is a failure. Each case runs
-pytest on tests/browser in a subprocess, with only that folder's conftest and no plugins (no torch, no Jupyter: under a second).
+pytest on tests/browser in a subprocess, with only that folder's conftest and no plugins (no torch,
+no Jupyter: under a second).
 """
 
 import os

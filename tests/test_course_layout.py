@@ -53,6 +53,16 @@ def test_committed_outputs_are_clean(path):
             assert not re.search(r" at 0x[0-9a-f]{6,}", text), f"cell {i} shows a memory address"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_checked_cells_show_no_progress_bars(path):
+    """nbval compares stderr too, and a progress bar's text (rates, times, how often it redrew) changes
+    with the load on the machine: a cell whose output is checked must not show one."""
+    for i, cell in enumerate(_cells(path)):
+        if "NBVAL_CHECK_OUTPUT" in _source(cell):
+            streams = [out.get("name") for out in cell.get("outputs", []) if out["output_type"] == "stream"]
+            assert "stderr" not in streams, f"cell {i} is checked and writes to stderr (a progress bar?)"
+
+
 def test_readme_links_every_notebook_with_its_badge():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
