@@ -36,13 +36,13 @@ def _sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a .pt file written by train")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from a line break)")
     parser.add_argument("--max-new-tokens", type=int, default=500)
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="0 = greedy; higher = more random (default 0.8, or 1 with --num-beams)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
     parser.add_argument("--repetition-penalty", type=float, default=1.0,
                         help="> 1 makes tokens already in the text less likely (CTRL's penalty; 1 = off)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = sample)")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with this many beams (1 = sample); it ignores temperature, top-k, top-p")
     parser.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam search ranks finished text by log-probability / length ** this")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -100,9 +100,8 @@ def sample(args: argparse.Namespace) -> None:
     from .device import pick_device
     from .sampling import SamplingOptions, check_length, stream
 
-    temperature = args.temperature if args.temperature is not None else (1.0 if args.num_beams > 1 else 0.8)
     # Checked here, once, before the (slow) model load.
-    options = SamplingOptions(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+    options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
                               length_penalty=args.length_penalty, stop=tuple(_unescape(s) for s in args.stop))
     check_length(args.max_new_tokens)

@@ -247,9 +247,10 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
     token and keep the ``num_beams`` best of all those candidates. A beam is finished when
     ``is_finished(new_ids)`` says so (for example: a stop sequence appeared) or after
     ``max_new_tokens``; finished beams compete on ``length_normalised`` scores. Scores are sums of
-    log-probabilities of ``next_token_probs`` (with temperature 1 and no top-k / top-p: the model's
-    own distribution, which is textbook beam search). One beam is greedy decoding. Settings:
-    ``SamplingOptions`` or its fields as keywords; ``num_beams`` defaults to 4 here.
+    the model's own log-probabilities, after the repetition penalty only, as Hugging Face scores beams
+    when it does not sample: temperature, top-k and top-p shape what a sampler draws from and play no
+    part here. One beam is greedy decoding. Settings: ``SamplingOptions`` or its fields as keywords;
+    ``num_beams`` defaults to 4 here.
     """
     check_length(max_new_tokens)
     if options is None:
@@ -266,7 +267,8 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
     with eval_mode(model):
         for step in range(1, max_new_tokens + 1):
             previous = beams if options.repetition_penalty != 1 else None
-            logprobs = next_token_probs(next_logits(beams), options, previous=previous).log()
+            logits = apply_repetition_penalty(next_logits(beams).float(), previous, options.repetition_penalty)
+            logprobs = F.log_softmax(logits, dim=-1)  # (beams, V)
             candidates = (torch.tensor(scores, device=logprobs.device)[:, None] + logprobs).flatten()
             # 2 * num_beams candidates: even if num_beams of them finish, num_beams stay alive
             top = candidates.topk(min(2 * num_beams, candidates.numel()))

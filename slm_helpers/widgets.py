@@ -13,6 +13,7 @@ It works with ipywidgets 7.7 (Google Colab) and 8.x, so it uses only what both h
 from __future__ import annotations
 
 import io
+import random
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -93,7 +94,8 @@ class Sampler:
         self.length = widgets.IntSlider(value=max_new_tokens, min=1, max=1000, style=wide,
                                         description="new tokens")
         self.num_beams = widgets.IntSlider(value=1, min=1, max=8, style=wide, description="beams (1 = sample)")
-        self.seed = widgets.IntText(value=0, description="seed (-1 = random)", style=wide)
+        self.seed = widgets.IntText(value=-1, description="seed (-1 = a new one each time)", style=wide)
+        self.seed_used = widgets.Label(value="")  # the seed of the last text, to get it again
         self.button = widgets.Button(description="Generate", button_style="primary")
         self.chart = widgets.Image(format="png")
         self.output = widgets.Output(layout=widgets.Layout(border="1px solid lightgrey", width="98%"))
@@ -101,11 +103,12 @@ class Sampler:
         self.own = self.sampler = None  # the distributions the chart shows
         self._cached = (None, None)  # (prompt, its ids and logits): moving a slider need not re-run the model
 
-        for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty):
+        for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty,
+                        self.num_beams):
             control.observe(self.update_chart, names="value")
         self.button.on_click(self.generate)
         controls = widgets.VBox([self.temperature, self.top_k, self.top_p, self.repetition_penalty,
-                                 self.length, self.num_beams, self.seed, self.button])
+                                 self.length, self.num_beams, self.seed, self.button, self.seed_used])
         self.ui = widgets.VBox([self.prompt, widgets.HBox([controls, self.chart]), self.output])
         self.update_chart()
 
@@ -121,10 +124,18 @@ class Sampler:
     # ----- reading the controls
 
     def options(self) -> SamplingOptions:
-        """The sampling options the controls stand for (0 for top-k and 1 for top-p mean "off")."""
+        """The sampling options the controls stand for (0 for top-k and 1 for top-p mean "off").
+
+        Beam search scores with the model's own probabilities (after the repetition penalty only), so
+        with more than one beam the temperature, top-k and top-p sliders are greyed out and ignored."""
+        beams = self.num_beams.value > 1
+        for slider in (self.temperature, self.top_k, self.top_p):
+            slider.disabled = beams
+        if beams:
+            return SamplingOptions(repetition_penalty=self.repetition_penalty.value, num_beams=self.num_beams.value)
         return SamplingOptions(temperature=self.temperature.value, top_k=self.top_k.value or None,
                                top_p=self.top_p.value if self.top_p.value < 1 else None,
-                               repetition_penalty=self.repetition_penalty.value, num_beams=self.num_beams.value)
+                               repetition_penalty=self.repetition_penalty.value)
 
     # ----- the chart
 
@@ -160,8 +171,11 @@ class Sampler:
     # ----- generating
 
     def generate(self, _button=None) -> str:
-        """Write a continuation of the prompt into the output area, piece by piece; returns it."""
-        seed = self.seed.value if self.seed.value >= 0 else None
+        """Write a continuation of the prompt into the output area, piece by piece; returns it.
+
+        The seed field's -1 draws a new seed at every click; the one used is shown under the button."""
+        seed = self.seed.value if self.seed.value >= 0 else random.randrange(2**31)
+        self.seed_used.value = f"seed used: {seed}" if self.num_beams.value == 1 else "beam search: no seed needed"
         try:
             pieces = stream(self.model, self.tokenizer, self.prompt.value, self.length.value, self.options(), seed=seed)
             text = self.prompt.value

@@ -397,3 +397,17 @@ def test_cli_bad_sampling_options_are_one_line_errors(checkpoint, capsys, option
     rc, out, err = cli(capsys, checkpoint, option, value)
     assert rc == 2 and out == ""
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_beam_search_scores_with_the_models_own_log_probabilities():
+    """As Hugging Face does when not sampling: temperature, top-k and top-p play no part in beam search;
+    the score of the best beam is the sum of the model's log-probabilities of its tokens."""
+    model = TableModel(BEAM_TABLE)
+    prompt = torch.tensor([[0]])
+    plain, plain_score = beam_search(model, prompt, 3, num_beams=2, length_penalty=0)
+    shaped, shaped_score = beam_search(model, prompt, 3, num_beams=2, length_penalty=0, temperature=0.3, top_k=1,
+                                       top_p=0.2)
+    assert torch.equal(plain, shaped) and shaped_score == pytest.approx(plain_score)
+    table = torch.tensor(BEAM_TABLE)
+    ids = plain[0].tolist()
+    assert plain_score == pytest.approx(sum(math.log(table[a, b]) for a, b in zip(ids, ids[1:])), rel=1e-5)

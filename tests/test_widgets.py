@@ -76,8 +76,31 @@ def test_every_control_reaches_the_sampler(sampler):
                                                repetition_penalty=1.5)
     sampler.num_beams.value = 1
     sampler.seed.value = -1  # random: still runs
+
+
+def test_the_default_seed_is_new_at_every_click_and_shown(sampler):
+    assert sampler.seed.value == -1
+    texts, seeds = set(), set()
+    for _ in range(4):
+        sampler.button.click()
+        seed = int(sampler.seed_used.value.removeprefix("seed used: "))
+        assert sampler.text == complete(sampler.model, sampler.tokenizer, "abc", 12, seed=seed, temperature=0.8)
+        texts.add(sampler.text)
+        seeds.add(seed)
+    assert len(seeds) == 4 and len(texts) > 1  # a fresh sample per click, each one reproducible
+
+
+def test_beam_search_greys_out_and_ignores_the_sampling_sliders(sampler):
+    sampler.temperature.value, sampler.top_k.value, sampler.top_p.value = 0.3, 2, 0.5
+    sampler.num_beams.value = 3
+    assert sampler.temperature.disabled and sampler.top_k.disabled and sampler.top_p.disabled
+    assert not sampler.repetition_penalty.disabled
+    # The chart shows what beam search scores with: the model's own distribution.
+    assert torch.allclose(sampler.sampler, sampler.own, atol=1e-6)
     sampler.button.click()
-    assert len(text_of(sampler.output)) == 7
+    assert sampler.text == complete(sampler.model, sampler.tokenizer, "abc", 12, num_beams=3)
+    sampler.num_beams.value = 1
+    assert not sampler.temperature.disabled
 
 
 def test_bad_prompt_shows_one_line_error_instead_of_raising(sampler):
