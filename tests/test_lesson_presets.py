@@ -71,6 +71,13 @@ def test_run_flops_counts_training_and_evaluation_by_hand():
     assert estimate_seconds(run, 65) == pytest.approx(expected / (65e12 * 0.2))
 
 
+def test_lesson_8_quotes_the_t4_estimate():
+    minutes = estimate_seconds(load_config("tinystories-t4"), 50257) / 60
+    cells = json.loads((NOTEBOOKS / "08_training_recipes.ipynb").read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells)
+    assert f"tinystories-t4 on a free Colab T4 (about {minutes:.1f} minutes" in code
+
+
 def test_the_lessons_quote_the_t4_estimate():
     minutes = estimate_seconds(load_config("shakespeare-char-t4"), 65) / 60
     for name in ("06_gpt.ipynb", "09_sampling.ipynb", "10_evaluation.ipynb"):
