@@ -54,11 +54,19 @@ def test_committed_outputs_are_clean(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_checked_cells_are_tagged_not_commented(path):
+    """nbval reads the cell tag nbval-check-output; a marker comment would sit in the code learners read."""
+    cells = _cells(path)
+    assert not any("NBVAL" in _source(c) for c in cells if c["cell_type"] == "code")
+    assert any("nbval-check-output" in c.get("metadata", {}).get("tags", []) for c in cells)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_checked_cells_show_no_progress_bars(path):
     """nbval compares stderr too, and a progress bar's text (rates, times, how often it redrew) changes
     with the load on the machine: a cell whose output is checked must not show one."""
     for i, cell in enumerate(_cells(path)):
-        if "NBVAL_CHECK_OUTPUT" in _source(cell):
+        if "nbval-check-output" in cell.get("metadata", {}).get("tags", []):
             streams = [out.get("name") for out in cell.get("outputs", []) if out["output_type"] == "stream"]
             assert "stderr" not in streams, f"cell {i} is checked and writes to stderr (a progress bar?)"
 
