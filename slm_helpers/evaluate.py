@@ -105,9 +105,14 @@ def evaluate_ids(model, ids, n_bytes: int, **kwargs) -> Evaluation:
 
 
 def scored_bytes(tokenizer, text: str, ids) -> int:
-    """UTF-8 bytes of ``text`` that the scored tokens (all but the first) stand for."""
+    """UTF-8 bytes of ``text`` that the scored tokens (all but the first) stand for.
+
+    A byte-level BPE token may hold part of a character (the first two bytes of a three-byte one, say):
+    its bytes come from ``decode_bytes``, since decoding it alone as text gives a replacement character."""
     first = ids[:1].tolist() if hasattr(ids, "tolist") else list(ids[:1])
-    return len(text.encode("utf-8")) - len(tokenizer.decode(first).encode("utf-8"))
+    first_bytes = (tokenizer.decode_bytes(first) if hasattr(tokenizer, "decode_bytes")
+                   else tokenizer.decode(first).encode("utf-8"))
+    return len(text.encode("utf-8")) - len(first_bytes)
 
 
 def evaluate_text(model, tokenizer, text: str, **kwargs) -> Evaluation:

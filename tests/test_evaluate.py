@@ -126,3 +126,17 @@ def test_bad_input_is_a_clear_error(tiny_config):
         split_loss(model, torch.arange(10), stride=9)
     with pytest.raises(SLMError, match="at least two tokens"):
         split_loss(model, [3])
+
+
+def test_bytes_of_a_first_token_that_splits_a_character():
+    """GPT-2's byte-level BPE can start a text with part of a character: "☃" is three bytes, and the
+    first token here holds two of them. Its bytes count, not the replacement character's."""
+    from slm_helpers.tokenizers import gpt2_tokenizer
+
+    tokenizer = gpt2_tokenizer()
+    text = "\u2603\u2603 and more"  # two snowmen
+    ids = tokenizer.encode(text)
+    first = tokenizer.decode_bytes(ids[:1])
+    assert len(first) == 2 and "\ufffd" in tokenizer.decode(ids[:1])  # two of the snowman's three bytes
+    result = evaluate_text(Uniform(tokenizer.vocab_size), tokenizer, text)
+    assert result.bytes == len(text.encode("utf-8")) - len(first)
