@@ -210,7 +210,7 @@ def batch_at(data, starts: torch.Tensor, block_size: int,
     """
     windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
     device = torch.device(device)
-    if device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
+    if device.type == "cuda":  # pinned memory makes the copy asynchronous (non_blocking) and faster
         windows = windows.pin_memory().to(device, non_blocking=True)
     else:
         windows = windows.to(device)

@@ -102,7 +102,7 @@ def environment_report(device: torch.device | None = None) -> dict[str, str]:
         "platform": platform.platform(terse=True),
         "torch": torch.__version__,
         "device": str(device),
-        "bf16 speed-up": "yes" if supports_bf16(device) else "no",
+        "trains in bf16": "yes" if supports_bf16(device) else "no",
         "TF32 matmuls": "yes" if has_tf32(device) else "no",
         "cpu threads": str(torch.get_num_threads()),
     }

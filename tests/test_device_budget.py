@@ -69,7 +69,7 @@ def test_cpu_report(cpu_only):
     assert supports_bf16("cpu") is False
     report = environment_report(torch.device("cpu"))
     assert report["device"] == "cpu" and report["torch"] == torch.__version__
-    assert report["bf16 speed-up"] == "no"
+    assert report["trains in bf16"] == "no" and report["TF32 matmuls"] == "no"
 
 
 @pytest.mark.parametrize("value, quick", [
