@@ -76,3 +76,19 @@ def test_readme_links_every_notebook_with_its_badge():
     for path in NOTEBOOKS:
         assert f"(notebooks/{path.name})" in readme
         assert BADGE.format(path.name) in readme
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lesson_opens_with_its_outcomes_and_keeps_solutions_for_the_end(path):
+    """A learner sees what they will be able to do first, and can try every exercise before its answer."""
+    cells = _cells(path)
+    opening = "\n".join(_source(c) for c in cells[:4] if c["cell_type"] == "markdown")
+    outcomes = re.search(r"By the end of this lesson you will be able to:\n\n((?:- .+\n?)+)", opening)
+    assert outcomes, "the lesson opens with 'By the end of this lesson you will be able to:' and a list"
+    assert 3 <= len(re.findall(r"^- ", outcomes.group(1), flags=re.M)) <= 5
+    headings = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown"]
+    exercises = next(i for i in headings if "## Exercises" in _source(cells[i]))
+    solutions = next((i for i in headings if _source(cells[i]).lstrip().startswith("## Solutions")), None)
+    assert solutions is not None and exercises < solutions, "solutions are gathered after the exercises"
+    early = [i for i in headings if i < solutions and re.search(r"\*\*Solution", _source(cells[i]))]
+    assert not early, f"cells {early} give an answer before the Solutions section"
