@@ -6,7 +6,7 @@ PyTorch's fused ``scaled_dot_product_attention``, or a written-out softmax(QK^T)
 the attention weights, for pictures. ``KVCache`` keeps each layer's keys and values so that
 generation (lesson 9) costs one position of work per new token.
 
-What it leaves out: the teaching pieces that lessons 3-5 build this from, one head at a time
+What it leaves out: the teaching pieces that lessons 3 and 4 build this from, one head at a time
 (``Head``, ``MultiHeadAttention``, ``AttentionLM``), live in ``teaching.py``, which builds on this
 file; nothing here imports it. Dropout inside attention and the loss are the only training extras.
 """

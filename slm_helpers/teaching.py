@@ -1,4 +1,4 @@
-"""The pieces lessons 3-5 build a GPT from, one idea at a time, every step in the open.
+"""The pieces lessons 3 and 4 build a GPT from, one idea at a time, every step in the open.
 
 ``masked_attention`` is attention written out; ``Head`` is one head of it; ``MultiHeadAttention``
 puts several side by side; ``AttentionLM`` is the small language model of lessons 3-4 (embeddings,
