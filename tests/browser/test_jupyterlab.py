@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-RUN_TIMEOUT_S = {"quick": 240, "full": 3600}  # a whole notebook, kernel start included
+RUN_TIMEOUT_S = {"quick": 600, "full": 3600}  # a whole notebook, kernel start included (a busy machine is slow)
 
 # True when the notebook has finished running: no cell waiting ([*]), and either every code cell
 # numbered or a traceback on the page (JupyterLab stops "Run All" at the first error).
