@@ -62,6 +62,8 @@ def run_notebook(page, lab, name: str) -> float:
     page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=60_000)
     page.locator(".jp-Notebook").click(position={"x": 5, "y": 5})  # focus the notebook for its menus
     menu(page, "Edit", "editmenu:clear-all")  # Clear Outputs of All Cells
+    # The solutions' code is folded; unfold it so every code cell shows its execution count.
+    menu(page, "View", "notebook:show-all-cell-code")
     assert page.locator(".jp-Notebook .jp-OutputArea-output").count() == 0, "the committed outputs were not cleared"
     start = time.monotonic()
     menu(page, "Run", "runmenu:run-all")  # Run All Cells
