@@ -62,9 +62,9 @@ def flops_per_token(model) -> int:
     return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
 
 
-# Colab's free GPU: 65 TFLOP/s is the T4's float16 tensor-core peak. Small models reach only a fraction of it;
-# the fraction below is an assumption (no T4 run has measured it yet), used for the lessons' time estimates.
-T4_PEAK_FLOPS = 65e12
+# Colab's free GPU, from the table above. Small models reach only a fraction of its peak; the fraction
+# below is an assumption (no T4 run has measured it yet), used for the lessons' time estimates.
+T4_PEAK_FLOPS = dict(PEAK_FLOPS)[r"\bT4\b"]
 ASSUMED_T4_MFU = 0.2
 
 

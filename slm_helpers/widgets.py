@@ -106,6 +106,7 @@ class Sampler:
         for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty,
                         self.num_beams):
             control.observe(self.update_chart, names="value")
+        self.num_beams.observe(self._grey_out_for_beams, names="value")
         self.button.on_click(self.generate)
         controls = widgets.VBox([self.temperature, self.top_k, self.top_p, self.repetition_penalty,
                                  self.length, self.num_beams, self.seed, self.button, self.seed_used])
@@ -128,14 +129,15 @@ class Sampler:
 
         Beam search scores with the model's own probabilities (after the repetition penalty only), so
         with more than one beam the temperature, top-k and top-p sliders are greyed out and ignored."""
-        beams = self.num_beams.value > 1
-        for slider in (self.temperature, self.top_k, self.top_p):
-            slider.disabled = beams
-        if beams:
+        if self.num_beams.value > 1:
             return SamplingOptions(repetition_penalty=self.repetition_penalty.value, num_beams=self.num_beams.value)
         return SamplingOptions(temperature=self.temperature.value, top_k=self.top_k.value or None,
                                top_p=self.top_p.value if self.top_p.value < 1 else None,
                                repetition_penalty=self.repetition_penalty.value)
+
+    def _grey_out_for_beams(self, change=None) -> None:
+        for slider in (self.temperature, self.top_k, self.top_p):
+            slider.disabled = self.num_beams.value > 1
 
     # ----- the chart
 
