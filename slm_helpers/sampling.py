@@ -148,6 +148,11 @@ class _NextLogits:
     ``block_size - keep + 1`` tokens, but the model then sees between ``keep`` and ``block_size``
     tokens of context instead of always ``block_size``. The rule is the same with and without the
     cache, so the cache changes the speed, never the tokens.
+
+    # New (lesson 11): a RoPE model (``model.slides``) never restarts. Its cache drops the oldest keys and
+    every token attends to the ``block_size`` before it (sliding-window attention). Without the cache
+    the model reruns on the last ``n_layer * (block_size - 1) + 1`` tokens, all that the last token's
+    logits can depend on through ``n_layer`` windows, and gives the same logits.
     """
 
     def __init__(self, model, use_cache: bool = True, keep: int | None = None):
@@ -163,6 +168,8 @@ class _NextLogits:
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         length = idx.size(1)
+        if getattr(self.model, "slides", False):
+            return self._sliding(idx)
         if self.start is None or length - self.start > self.block_size:  # first call, or the window is full
             self.start = max(0, length - (self.block_size if self.start is None else self.keep))
             if self.use_cache:
@@ -172,6 +179,16 @@ class _NextLogits:
         # Only what the cache has not seen goes in; only the last position's logits come out.
         logits = self.model(idx[:, self.fed:], cache=self.cache, only_last=True)[0][:, -1]
         self.fed = length
+        return logits
+
+    def _sliding(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.use_cache:
+            reach = self.model.config.n_layer * (self.block_size - 1) + 1
+            return self.model(idx[:, -reach:], only_last=True)[0][:, -1]
+        if self.cache is None:
+            self.cache = self.model.new_cache(idx.size(0))
+        logits = self.model(idx[:, self.fed:], cache=self.cache, only_last=True)[0][:, -1]
+        self.fed = idx.size(1)
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -9,6 +9,8 @@ mixed precision (``dtype``), ``torch.compile`` (``compile``), the fused attentio
 (``fused_attention``), data parallelism over several processes (start under ``torchrun``: see
 distributed.py), the metrics log and Weights & Biases (``log_interval``, ``wandb``). Every
 evaluation records tokens per second and, on known GPUs, the model FLOPs utilisation (metrics.py).
+Lesson 11's recipe adds the Muon optimizer (``optimizer``, optim.py), a warmup-stable-decay schedule
+(``schedule``) and runs measured in seconds instead of steps (``time_budget``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from .data import batch_at, get_batch
 from .device import supports_bf16
 from .errors import SLMError
 from .metrics import MetricsLog, flops_per_token, peak_flops, throughput
+from .optim import MuonAdamW
 from .utils import eval_mode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -57,6 +62,16 @@ class TrainConfig:
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works)
     wandb_project: str = "build-a-gpt"
     seed: int = 1337
+    # New (lesson 11): the fast recipe.
+    optimizer: str = "adamw"  # "muon": Muon for the blocks' weight matrices, AdamW (as below) for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it as it scales learning_rate
+    muon_momentum: float = 0.95
+    embedding_lr: float = 0.0  # with Muon: AdamW's peak rate for the token embeddings (0: learning_rate)
+    adam_eps: float = 1e-8
+    schedule: str = "cosine"  # "wsd": warm up, hold learning_rate, then decay linearly to min_lr
+    cooldown: float = 0.5  # wsd: the fraction of the run that decays
+    time_budget: float = 0.0  # > 0: train for this many seconds (evaluations excluded), not max_iters steps,
+    #                           and the schedule follows the clock, so a run cut by time still anneals
 
     def __post_init__(self):  # ranges; types are checked where a YAML file is read (config.from_mapping)
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
@@ -69,30 +84,70 @@ class TrainConfig:
                            f"got learning_rate={self.learning_rate}, min_lr={self.min_lr}")
         if self.dtype not in (*DTYPES, "auto"):
             raise SLMError(f"TrainConfig.dtype must be one of {', '.join((*DTYPES, 'auto'))}, got {self.dtype!r}")
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise SLMError(f"TrainConfig.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not 0 < self.cooldown <= 1:
+            raise SLMError(f"TrainConfig.cooldown (the fraction of the run that decays) must be in (0, 1], "
+                           f"got {self.cooldown}")
+        if self.time_budget < 0 or self.muon_lr <= 0 or self.embedding_lr < 0:
+            raise SLMError(f"need time_budget >= 0 (0: no budget), muon_lr > 0 and embedding_lr >= 0; got "
+                           f"time_budget={self.time_budget}, muon_lr={self.muon_lr}, embedding_lr={self.embedding_lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup (Adam's statistics are poor in the first steps), then cosine decay to ``min_lr``."""
+def lr_at(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
+    """Linear warmup over ``warmup_iters`` steps (Adam's statistics are poor in the first steps), then
+    cosine decay to ``min_lr`` at ``max_iters``, or (New) with ``schedule`` "wsd" a constant rate that
+    decays linearly to ``min_lr`` over the last ``cooldown`` of the run. With a ``time_budget`` the
+    run's progress is ``seconds`` of training out of the budget instead of steps out of ``max_iters``."""
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
-    progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    if cfg.time_budget:
+        progress = min(1.0, seconds / cfg.time_budget)
+    else:
+        progress = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    if cfg.schedule == "wsd":
+        share = min(1.0, (1 - progress) / cfg.cooldown)  # 1 until the cooldown starts, then down to 0
+    else:
+        share = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr + share * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only: decaying biases, LayerNorm gains or (1-D) scales
-    would pull them towards zero for no benefit."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    would pull them towards zero for no benefit.
+
+    New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
+    ``muon_lr``, the token embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
+    Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them together."""
+    if cfg.optimizer == "adamw":
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                 fused=device.type == "cuda")
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # a tied matrix once, as wte
+    hidden = [p for name, p in named if p.dim() == 2 and ".h." in f".{name}"]
+    embeddings = [p for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))]
+    matrices = [p for name, p in named if p.dim() >= 2 and not any(p is q for q in hidden + embeddings)]
+    vectors = [p for name, p in named if p.dim() < 2]
+    embedding_scale = (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": hidden, "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
+        {"params": embeddings, "lr_scale": embedding_scale, "weight_decay": cfg.weight_decay},
+        {"params": matrices, "weight_decay": cfg.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
     ]
-    # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=device.type == "cuda")
+    # bfloat16 Newton-Schulz on GPUs (tensor cores); CPUs without bfloat16 units are faster in float32.
+    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, momentum=cfg.muon_momentum,
+                     ns_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                     betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 def autocast_dtype(name: str, device: torch.device) -> tuple[torch.dtype | None, str | None]:
@@ -210,14 +265,18 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, max_iters: int | None = None, *, plot=None, progress: bool = True) -> list[dict]:
-        """Train until step ``max_iters`` (default: the config's); returns the evaluation history."""
+        """Train until step ``max_iters`` (default: the config's) or, with a ``time_budget``, until
+        that many seconds of training; returns the evaluation history."""
         max_iters = self.cfg.max_iters if max_iters is None else max_iters
         if self.step == 0 and not self.history:
             self.metrics.rewind(-1)  # a new run: lines left in metrics.jsonl by an earlier one are not its own
         self.model.train()
-        bar = tqdm(total=max_iters, initial=self.step, disable=not (progress and self.is_main), file=sys.stdout,
-                   desc="training", unit="step", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=None if self.cfg.time_budget else max_iters, initial=self.step, file=sys.stdout,
+                   disable=not (progress and self.is_main), desc="training", unit="step", dynamic_ncols=True,
+                   mininterval=1.0)
         while True:
+            if self.out_of_time:
+                max_iters = self.step  # the last evaluation happens now
             if self._should_evaluate(max_iters):
                 self._evaluate()
                 if plot is not None and self.is_main:
@@ -226,16 +285,27 @@ class Trainer:
                     bar.write(describe(self.history[-1]))
             if self.step >= max_iters:
                 break
+            lr = self.lr
             loss = self.train_step()
             if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
-                self.metrics.write({"kind": "train", "step": self.step, "loss": loss,
-                                    "lr": lr_at(self.step - 1, self.cfg), "grad_norm": self.grad_norm,
-                                    "tokens": self.step * self.tokens_per_step, **self._speed_since("train")})
+                self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
+                                    "grad_norm": self.grad_norm, "tokens": self.step * self.tokens_per_step,
+                                    **self._speed_since("train")})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
         self.metrics.close()
         return self.history
+
+    @property
+    def out_of_time(self) -> bool:
+        """True once a run with a ``time_budget`` has trained for that long."""
+        return bool(self.cfg.time_budget) and self.train_seconds >= self.cfg.time_budget
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (of the AdamW parameters; other groups scale with it)."""
+        return lr_at(self.step, self.cfg, self.train_seconds)
 
     def _should_evaluate(self, max_iters: int) -> bool:
         already = self.history and self.history[-1]["step"] == self.step  # e.g. right after resuming
@@ -244,9 +314,9 @@ class Trainer:
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; returns their mean loss."""
         start = time.perf_counter()
-        lr = lr_at(self.step, self.cfg)
+        lr = self.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         B, T, data = self.cfg.batch_size, self.block_size, self.splits["train"]
         # Every process draws the start of every window of the step from the same generator, then keeps
         # its own share: the run sees the same data whatever the number of processes, and resumes exactly.
@@ -294,7 +364,7 @@ class Trainer:
                                    block_size=self.block_size, eval_iters=self.cfg.eval_iters, device=self.device,
                                    seed=self.cfg.seed + self.step)
         perplexity = math.exp(losses["val"]) if losses["val"] < 700 else math.inf  # exp overflows past 709
-        self.history.append({"step": self.step, **losses, "val_ppl": perplexity, "lr": lr_at(self.step, self.cfg),
+        self.history.append({"step": self.step, **losses, "val_ppl": perplexity, "lr": self.lr,
                              "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
                              **self._speed_since("eval")})
         improved = losses["val"] < self.best_val
