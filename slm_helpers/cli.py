@@ -28,6 +28,9 @@ def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.max_iters=200 (repeatable)")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="train for this many seconds (evaluations excluded) instead of max_iters steps; "
+                             "warm-up and decay follow the clock (same as --set train.time_budget=SECONDS)")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
     return parser
 
@@ -66,7 +69,8 @@ def train(args: argparse.Namespace) -> None:
     from .config import build_trainer, load_config, runs_dir
     from .device import pick_device, seed_everything
 
-    run = load_config(args.preset or args.config, args.set)
+    budget = [f"train.time_budget={args.time_budget}"] if args.time_budget is not None else []
+    run = load_config(args.preset or args.config, [*args.set, *budget])
     if args.data:  # set as is: through YAML, a path such as "notes #2.txt" would lose its end
         run.data = args.data
     out_dir = Path(args.out or runs_dir() / run.name)

@@ -355,10 +355,15 @@ class GPT(nn.Module):
         return self.config.position == "rope"
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; by default without the position embeddings (token embeddings are
-        shared with the output layer, so they count once, as weights that do real work)."""
+        """Parameter count; by default without the lookup tables: the position embeddings, and the token
+        embeddings when untied (tied, they are also the output layer and count once, as weights that
+        do real work)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
+        if non_embedding:
+            lookups = [m for name, m in self.transformer.items()
+                       if name == "wpe" or (name == "wte" and not self.config.tie_embeddings)]
+            n -= sum(m.weight.numel() for m in lookups)
+        return n
 
     def set_fused_attention(self, fused: bool) -> None:
         """PyTorch's fused attention kernel (True) or the written-out softmax(QK^T)V, in every layer."""

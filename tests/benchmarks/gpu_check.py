@@ -13,7 +13,9 @@ no GPU). In order:
    float16 with the gradient scaler, each without and with torch.compile: tokens/s, MFU, peak memory
    (``bench_throughput.py``);
 4. the KV-cache benchmark (``bench_kv_cache.py``);
-5. a one-process NCCL run under torchrun (DDP's code path: process group, barrier, all-reduce).
+5. lesson 11's speedrun: seconds of training for ``shakespeare-char-fast`` to reach nanoGPT's validation
+   loss of 1.4697 (``bench_speedrun.py --device cuda``);
+6. a one-process NCCL run under torchrun (DDP's code path: process group, barrier, all-reduce).
 
 Each part runs as its own process and its output goes into the report as printed; a part that fails
 is reported as failed and the others still run. ``--device cpu --quick`` is a dry run of the same
@@ -136,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"KV cache: {'ok' if ok else 'FAILED'} ({seconds:.0f} s)", flush=True)
     failures += [] if ok else ["KV cache"]
     report += ["## KV cache", "", *fenced(output)]
+
+    command = [sys.executable, str(BENCH / "bench_speedrun.py"), "--device", args.device]
+    ok, output, seconds = run(command + (["--quick", "--evaluations", "2"] if args.quick else []))
+    print(f"speedrun: {'ok' if ok else 'FAILED'} ({seconds:.0f} s)", flush=True)
+    failures += [] if ok else ["speedrun"]
+    title = "shakespeare-char-fast to nanoGPT's 1.4697" if args.device == "cuda" else "the CPU race"
+    report += [f"## Speedrun: {title} (`bench_speedrun.py`)", "", *fenced(output)]
 
     with tempfile.TemporaryDirectory() as tmp:
         sets = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.max_iters=20",
