@@ -78,8 +78,9 @@ def gpu_race(args) -> None:
     print(f"{torch.cuda.get_device_name()}: {result.steps} steps in {result.seconds:.1f} s of training, "
           f"validation loss {result.loss:.4f} (whole split); the first step (compilation) took "
           f"{result.first_step:.1f} s")
-    when = f"after {reached:.1f} s of training, {reached - result.first_step:.1f} s without the first step"
-    print(f"first at or below {GPU_TARGET}: " + (when if reached else "not reached"))
+    when = f"after {reached:.1f} s of training, {reached - result.first_step:.1f} s without the first step" \
+        if reached else "not reached"
+    print(f"first at or below {GPU_TARGET}: {when}")
     print("(seconds, val loss) " + " ".join(f"({s:.1f}, {loss:.3f})" for s, loss in result.curve))
 
 
