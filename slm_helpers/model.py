@@ -66,7 +66,7 @@ class GPTConfig:
             if getattr(self, name) not in choices:
                 raise SLMError(f"GPTConfig.{name} must be one of {', '.join(map(repr, choices))}, "
                                f"got {getattr(self, name)!r}")
-        if not (isinstance(self.n_kv_head, int) and self.n_kv_head >= 0 and self.n_head % (self.n_kv_head or 1) == 0):
+        if not (type(self.n_kv_head) is int and self.n_kv_head >= 0 and self.n_head % (self.n_kv_head or 1) == 0):
             raise SLMError(f"n_kv_head must divide n_head ({self.n_head}), each key/value head serving "
                            f"n_head / n_kv_head query heads (0: n_head); got {self.n_kv_head!r}")
         if self.position == "rope" and self.head_size % 2:
@@ -332,10 +332,11 @@ class GPT(nn.Module):
                 if name.endswith("c_proj.weight"):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         else:  # New: "zero-out" keeps PyTorch's init (embeddings N(0, 1), Linear uniform with std 1/sqrt(3 fan_in))
-            # and zeroes what writes into the residual stream: every block starts as the identity and the
+            # and zeroes the biases and what writes into the residual stream: every block starts as the identity; the
             # first steps train the embeddings and the head, then the blocks grow in.
             for name, p in self.named_parameters():
-                if name.endswith("c_proj.weight") or (name == "lm_head.weight" and not config.tie_embeddings):
+                untied_head = name == "lm_head.weight" and not config.tie_embeddings
+                if name.endswith(("c_proj.weight", ".bias")) or untied_head:
                     nn.init.zeros_(p)
 
     @staticmethod
