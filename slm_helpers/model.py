@@ -53,6 +53,9 @@ class GPTConfig:
     tie_embeddings: bool = True  # False: the output layer gets its own matrix
     init: str = "gpt2"  # "zero-out": PyTorch's default init, with every layer's output projection (and an
     #                     untied head) at zero, so each block starts as the identity
+    # New (lesson 12): what a released Llama states that the rules above would only guess.
+    norm_eps: float | None = None  # the norms' epsilon; None: PyTorch's (LayerNorm 1e-5, RMSNorm the dtype's)
+    mlp_hidden: int = 0  # the MLP's hidden width; 0: 4 * n_embd (SwiGLU: 8 * n_embd / 3)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
@@ -69,6 +72,10 @@ class GPTConfig:
         if not (type(self.n_kv_head) is int and self.n_kv_head >= 0 and self.n_head % (self.n_kv_head or 1) == 0):
             raise SLMError(f"n_kv_head must divide n_head ({self.n_head}), each key/value head serving "
                            f"n_head / n_kv_head query heads (0: n_head); got {self.n_kv_head!r}")
+        if not (isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool) and self.mlp_hidden >= 0):
+            raise SLMError(f"GPTConfig.mlp_hidden must be an int >= 0 (0: the usual width), got {self.mlp_hidden!r}")
+        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise SLMError(f"GPTConfig.norm_eps must be > 0 (or None for PyTorch's default), got {self.norm_eps!r}")
         if self.position == "rope" and self.head_size % 2:
             raise SLMError(f"RoPE rotates pairs of numbers: the head size n_embd / n_head must be even, "
                            f"got {self.head_size}")
@@ -122,6 +129,8 @@ class KVCache:
     The buffers are allocated once at ``block_size`` positions and filled from the left; ``length``
     says how many hold real data and ``position`` how many tokens the cache has seen (the position of
     the next one). ``GPT.new_cache`` makes one per layer.
+    # New (lesson 12): ``reserve`` allocates fewer positions at first (a chat reply needs its prompt and
+    its reply, not a real model's 8,192-token context); the buffers double when they fill, up to ``block_size``.
 
     # New (lesson 11): ``slide=True`` (RoPE models) lets it run past ``block_size`` tokens. The oldest
     keys and values are dropped and nothing is recomputed: every token then attends to itself and the
@@ -132,9 +141,11 @@ class KVCache:
     """
 
     def __init__(self, batch_size: int, n_head: int, block_size: int, head_size: int, device=None,
-                 dtype=torch.float32, slide: bool = False):
-        self.k = torch.zeros(batch_size, n_head, block_size, head_size, device=device, dtype=dtype)  # (B, nh, T, hs)
+                 dtype=torch.float32, slide: bool = False, reserve: int | None = None):
+        positions = block_size if reserve is None else max(1, min(reserve, block_size))
+        self.k = torch.zeros(batch_size, n_head, positions, head_size, device=device, dtype=dtype)  # (B, nh, T, hs)
         self.v = torch.zeros_like(self.k)
+        self.block_size = block_size
         self.length = 0
         self.position = 0
         self.slide = slide
@@ -142,6 +153,9 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys and values of the new positions after the cached ones; return all of them
         (the cached ones first). Their positions end at ``position``, which this call advances."""
+        if self.length + k.size(2) > self.k.size(2) < self.block_size:  # grow the buffers, up to block_size
+            grown = min(self.block_size, max(self.length + k.size(2), 2 * self.k.size(2)))
+            self.k, self.v = (F.pad(t, (0, 0, 0, grown - t.size(2))) for t in (self.k, self.v))
         capacity, end = self.k.size(2), self.length + k.size(2)
         self.position += k.size(2)
         if end <= capacity:
@@ -174,16 +188,22 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", base ** -(torch.arange(0, head_size, 2).float() / head_size),
-                             persistent=False)  # (head_size / 2,)
+        self.head_size, self.base = head_size, base
+        self.cos = self.sin = torch.empty(0)  # (positions, head_size / 2): a table, made once and grown when needed
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``x`` (B, n_head, T, head_size) rotated as the tokens at positions ``start`` .. ``start + T - 1``."""
-        positions = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
-        angles = positions[:, None] * self.inv_freq[None, :]  # (T, head_size / 2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        end = start + x.size(-2)
+        if self.cos.size(0) < end or self.cos.device != x.device:
+            self._make_tables(max(end, 2 * self.cos.size(0)), x.device)
+        cos, sin = self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # pair i is (x1[i], x2[i])
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    def _make_tables(self, positions: int, device) -> None:
+        inv_freq = self.base ** -(torch.arange(0, self.head_size, 2, device=device).float() / self.head_size)
+        angles = torch.arange(positions, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hs / 2)
+        self.cos, self.sin = angles.cos(), angles.sin()
 
 
 class CausalSelfAttention(nn.Module):
@@ -258,10 +278,10 @@ class FeedForward(nn.Module):
     matrices hold as many parameters as GELU's two.
     """
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, kind: str = "gelu"):
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, kind: str = "gelu", hidden: int = 0):
         super().__init__()
         self.kind = kind
-        hidden = 8 * n_embd // 3 if kind == "swiglu" else 4 * n_embd
+        hidden = hidden or (8 * n_embd // 3 if kind == "swiglu" else 4 * n_embd)
         self.c_fc = nn.Linear(n_embd, 2 * hidden if kind == "swiglu" else hidden, bias=bias)  # swiglu: gate and value
         self.gelu = nn.GELU() if kind == "gelu" else None
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
@@ -282,7 +302,9 @@ class FeedForward(nn.Module):
 def make_norm(config: GPTConfig, size: int | None = None) -> nn.Module:
     """GPT-2's LayerNorm, or (New, lesson 11) RMSNorm: x / rms(x) * gain, with no mean and no bias."""
     size = size or config.n_embd
-    return nn.RMSNorm(size) if config.norm == "rmsnorm" else nn.LayerNorm(size, bias=config.bias)
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.norm_eps)
+    return nn.LayerNorm(size, eps=config.norm_eps or 1e-5, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -293,7 +315,7 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
-        self.mlp = FeedForward(config.n_embd, config.dropout, config.bias, config.mlp)
+        self.mlp = FeedForward(config.n_embd, config.dropout, config.bias, config.mlp, config.mlp_hidden)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, need_weights: bool = False):
         """(new x, this layer's attention weights or None)."""
@@ -371,11 +393,12 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.fused = fused
 
-    def new_cache(self, batch_size: int = 1) -> list[KVCache]:
-        """An empty KV cache per layer, for generating ``batch_size`` sequences with this model."""
+    def new_cache(self, batch_size: int = 1, reserve: int | None = None) -> list[KVCache]:
+        """An empty KV cache per layer, for generating ``batch_size`` sequences with this model; ``reserve``
+        positions are allocated at first (default: ``block_size``), more as they are needed."""
         c, weight = self.config, self.lm_head.weight
-        return [KVCache(batch_size, c.kv_heads, c.block_size, c.head_size, weight.device, weight.dtype, self.slides)
-                for _ in range(c.n_layer)]
+        return [KVCache(batch_size, c.kv_heads, c.block_size, c.head_size, weight.device, weight.dtype, self.slides,
+                        reserve) for _ in range(c.n_layer)]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 *, only_last: bool = False):

@@ -1,14 +1,24 @@
 """Tokenizers of the course: characters (lesson 1) and byte-level BPE (lesson 7)."""
 
-from .bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer, render_token, train_merges, train_merges_naive
+from .bpe import (
+    DIGITS_SPLIT_PATTERN,
+    ENDOFTEXT,
+    GPT2_SPLIT_PATTERN,
+    BPETokenizer,
+    render_token,
+    train_merges,
+    train_merges_naive,
+)
 from .char import CharTokenizer
-from .gpt2 import bytes_to_unicode, gpt2_encoding, gpt2_tokenizer
+from .gpt2 import byte_level_tokenizer, bytes_to_unicode, gpt2_encoding, gpt2_tokenizer
 
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
+    "DIGITS_SPLIT_PATTERN",
     "ENDOFTEXT",
     "GPT2_SPLIT_PATTERN",
+    "byte_level_tokenizer",
     "bytes_to_unicode",
     "gpt2_encoding",
     "gpt2_tokenizer",

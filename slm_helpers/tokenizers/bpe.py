@@ -10,6 +10,11 @@ The idea in four lines:
 Ids: 0..255 are the base tokens (one byte each), then one id per merge in the order they were
 learned (merge k creates id 256 + k), then the special tokens. GPT-2 numbers its base bytes in
 another order, so a tokenizer carries ``byte_order`` (id -> byte value) for the first 256 ids.
+# New (lesson 12): released tokenizers bend these rules a little. SmolLM2 puts its 17 special tokens
+first (ids 0-16) and has a token for only 235 of the 256 bytes (ids 17-251); ``first_id`` says
+where the byte tokens start, ``byte_order`` may leave bytes out (such a byte is dropped when
+encoding, as Hugging Face's tokenizers drop it), and merge k then creates id
+``first_id + len(byte_order) + k``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from ..errors import SLMError
 # Pieces: English contractions ('s 'll ...), a word with its leading space, a number, a run of
 # punctuation, then whitespace: a run of spaces keeps its last space for the word that follows.
 GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# New (lesson 12): SmolLM2 (and Llama 3, Qwen, ...) cut every digit off on its own before GPT-2's split, so
+# numbers are read digit by digit. Hugging Face runs two pre-tokenizers in a row (Digits, then GPT-2's
+# regex on each piece); one regex does the same: a digit is a chunk of its own, and a run of whitespace
+# just before a digit ends there, as it would at the end of a piece.
+DIGITS_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\p{N}|\s++(?=\p{N})|\s++$|\s+(?!\S)|\s"""
 ENDOFTEXT = "<|endoftext|>"
 
 _CACHE_LIMIT = 200_000  # chunks remembered by encode; the dict is emptied when it grows past this
@@ -181,32 +191,37 @@ def render_token(token: bytes) -> str:
 class BPETokenizer:
     """Byte-level BPE tokenizer: ``merges``, a split ``pattern`` and ``special_tokens``.
 
-    Build one with :meth:`train` (your own text) or :func:`gpt2_tokenizer` (GPT-2's merges).
+    Build one with :meth:`train` (your own text), :func:`gpt2_tokenizer` (GPT-2's merges) or
+    :func:`byte_level_tokenizer` (a released vocabulary and merge list, such as a GGUF file's).
     ``encode``/``decode`` follow tiktoken's rules for special tokens.
     """
 
     def __init__(self, merges, special_tokens: dict[str, int] | None = None,
-                 pattern: str = GPT2_SPLIT_PATTERN, byte_order=None):
+                 pattern: str = GPT2_SPLIT_PATTERN, byte_order=None, first_id: int = 0):
         self.byte_order = list(range(256)) if byte_order is None else [int(b) for b in byte_order]
-        if sorted(self.byte_order) != list(range(256)):
-            raise SLMError("byte_order must list each byte value 0..255 exactly once")
-        # id -> bytes, growing as each merge glues two earlier tokens together
-        vocab = [bytes([b]) for b in self.byte_order]
+        if not set(self.byte_order) <= set(range(256)) or len(set(self.byte_order)) != len(self.byte_order):
+            raise SLMError("byte_order must list byte values 0..255, each at most once")
+        if not (isinstance(first_id, int) and first_id >= 0):
+            raise SLMError(f"first_id must be a non-negative int (the id of the first byte token), got {first_id!r}")
+        self.first_id = first_id
+        # id -> bytes, growing as each merge glues two earlier tokens together (None: a special token's id)
+        vocab: list[bytes | None] = [None] * first_id + [bytes([b]) for b in self.byte_order]
         self.merges: dict[tuple[int, int], int] = {}  # (id, id) -> new id; a lower id = an earlier merge
         for a, b in merges:
             new_id = len(vocab)
-            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < new_id and 0 <= b < new_id):
-                raise SLMError(f"merge {new_id - 256} ({a!r}, {b!r}) uses ids that do not exist yet "
-                               f"(0..{new_id - 1}); merges must be listed in the order they were learned")
+            if not (isinstance(a, int) and isinstance(b, int) and first_id <= a < new_id and first_id <= b < new_id):
+                raise SLMError(f"merge {new_id - len(self.byte_order) - first_id} ({a!r}, {b!r}) uses ids that do "
+                               f"not exist yet ({first_id}..{new_id - 1}); merges must be listed in the order "
+                               "they were learned")
             if (a, b) in self.merges:
                 raise SLMError(f"merge ({a}, {b}) is listed twice; each pair can be merged only once")
             self.merges[(a, b)] = new_id
             vocab.append(vocab[a] + vocab[b])
         self.special_tokens = dict(special_tokens or {})  # str -> id
         for s, i in self.special_tokens.items():
-            if not isinstance(i, int) or i < len(vocab) or not s:
-                raise SLMError(f"special token {s!r} has id {i!r}; special ids must come after "
-                               f"the {len(vocab)} byte and merge ids")
+            if not isinstance(i, int) or not s or i < 0 or first_id <= i < len(vocab):
+                raise SLMError(f"special token {s!r} has id {i!r}; special ids must lie outside the byte and "
+                               f"merge ids ({first_id}..{len(vocab) - 1})")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise SLMError("two special tokens share one id; give each its own id")
         self.pattern = pattern
@@ -215,10 +230,11 @@ class BPETokenizer:
         self._vocab: list[bytes | None] = vocab + [None] * (size - len(vocab))  # None: unused id
         for s, i in self.special_tokens.items():
             self._vocab[i] = s.encode("utf-8")
-        self._byte_to_id = [0] * 256
+        self._byte_to_id = [-1] * 256  # -1: this byte has no token and is dropped
         for i, b in enumerate(self.byte_order):
-            self._byte_to_id[b] = i
+            self._byte_to_id[b] = first_id + i
         self._cache: dict[str, list[int]] = {}
+        self.chat_template: str | None = None  # New (lesson 12): a released model's chat format (Jinja), if any
 
     # ----- building -----
 
@@ -260,7 +276,7 @@ class BPETokenizer:
         ids = self._cache.get(chunk)
         if ids is not None:
             return ids
-        ids = [self._byte_to_id[b] for b in chunk.encode("utf-8")]
+        ids = [i for i in (self._byte_to_id[b] for b in chunk.encode("utf-8")) if i >= 0]
         merges = self.merges
         while len(ids) >= 2:
             # of the adjacent pairs that have a merge, take the one learned first
@@ -344,9 +360,12 @@ class BPETokenizer:
         """The same tokenizer as a ``tiktoken.Encoding`` (Rust, much faster), giving the same ids."""
         import tiktoken
 
-        n_ordinary = 256 + len(self.merges)  # the byte and merge ids; special tokens go separately
-        ranks = {self._vocab[i]: i for i in range(n_ordinary)}
-        if len(ranks) != n_ordinary:
+        if len(self.byte_order) != 256:
+            raise SLMError(f"tiktoken needs a token for each of the 256 bytes and this tokenizer has "
+                           f"{len(self.byte_order)}; use this tokenizer's own encode")
+        ordinary = range(self.first_id, self.first_id + 256 + len(self.merges))  # special tokens go separately
+        ranks = {self._vocab[i]: i for i in ordinary}
+        if len(ranks) != len(ordinary):
             raise SLMError("two merges produce the same bytes, which tiktoken cannot represent; "
                            "use this tokenizer's own encode")
         return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=ranks,
@@ -357,6 +376,8 @@ class BPETokenizer:
              "special_tokens": dict(self.special_tokens)}
         if self.byte_order != list(range(256)):
             d["byte_order"] = list(self.byte_order)
+        if self.first_id:
+            d["first_id"] = self.first_id
         return d
 
     @classmethod
@@ -368,13 +389,14 @@ class BPETokenizer:
         except (TypeError, ValueError):
             raise SLMError("a saved BPE tokenizer's 'merges' must be a list of [id, id] pairs; "
                            "save the tokenizer again") from None
-        return cls(merges, d.get("special_tokens"), d.get("pattern", GPT2_SPLIT_PATTERN), d.get("byte_order"))
+        return cls(merges, d.get("special_tokens"), d.get("pattern", GPT2_SPLIT_PATTERN), d.get("byte_order"),
+                   d.get("first_id", 0))
 
     def save(self, path: str | Path) -> None:
         """Write readable JSON: one merge per line, then every token's text (the latter for reading only)."""
         d = self.to_dict()
         lines = ["{"]
-        for key in ("type", "pattern", "byte_order", "special_tokens"):
+        for key in ("type", "pattern", "byte_order", "first_id", "special_tokens"):
             if key in d:
                 lines.append(f"  {json.dumps(key)}: {json.dumps(d[key], ensure_ascii=False)},")
         merges = [f"    [{a}, {b}]" for a, b in d["merges"]]

@@ -42,28 +42,63 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def byte_level_tokenizer(tokens: list[str], merges: list[str], special_tokens: dict[str, int],
+                         pattern: str = GPT2_SPLIT_PATTERN) -> BPETokenizer:
+    """Our :class:`BPETokenizer` from a released vocabulary written through :func:`bytes_to_unicode`.
+
+    ``tokens[i]`` is the text of id i (a special token's id holds its own text), ``merges`` are
+    "left right" strings in the order they were learned, and ``special_tokens`` maps text -> id.
+    Such a vocabulary fits a ``BPETokenizer`` when its one-byte tokens sit at consecutive ids and
+    merge k makes the id right after them plus k; anything else is refused with the reason.
+    """
+    byte_decoder = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    def to_bytes(text: str) -> bytes:
+        try:
+            return bytes(byte_decoder[ch] for ch in text)
+        except KeyError:
+            raise SLMError(f"token {text!r} is not written through GPT-2's byte table; "
+                           "this is not a byte-level BPE vocabulary") from None
+
+    specials = set(special_tokens.values())
+    ordinary = [i for i in range(len(tokens)) if i not in specials]
+    byte_ids = [i for i in ordinary if len(tokens[i]) == 1]
+    first_id = byte_ids[0] if byte_ids else 0
+    if byte_ids != list(range(first_id, first_id + len(byte_ids))):
+        raise SLMError("the one-byte tokens of this vocabulary are not at consecutive ids, "
+                       "which a BPETokenizer needs")
+    token_id = {tokens[i]: i for i in ordinary}  # text -> id (the table maps bytes to text one to one)
+    pairs = []
+    for k, merge in enumerate(merges):
+        left, right = merge.split(" ")
+        made, expected = token_id.get(left + right), first_id + len(byte_ids) + k
+        if made != expected or left not in token_id or right not in token_id:
+            raise SLMError(f"merge {k} ({merge!r}) makes id {made}, but a BPETokenizer numbers merge k "
+                           f"{first_id + len(byte_ids)} + k = {expected}: this vocabulary is not in merge order")
+        pairs.append((token_id[left], token_id[right]))
+    if len(ordinary) != len(byte_ids) + len(merges):
+        raise SLMError(f"the vocabulary has {len(ordinary)} ordinary tokens but {len(byte_ids)} bytes and "
+                       f"{len(merges)} merges make {len(byte_ids) + len(merges)}")
+    return BPETokenizer(pairs, special_tokens, pattern, [to_bytes(tokens[i])[0] for i in byte_ids], first_id)
+
+
 def gpt2_tokenizer() -> BPETokenizer:
-    """Our :class:`BPETokenizer` loaded with GPT-2's 50,000 merges; same ids as GPT-2 (50,257 in all)."""
-    byte_encoder = bytes_to_unicode()
-    byte_decoder = {ch: b for b, ch in byte_encoder.items()}
-    byte_order = list(byte_encoder)  # GPT-2's ids 0..255: the printable bytes first, then the rest (id 0 is '!')
-    token_id = {bytes([b]): i for i, b in enumerate(byte_order)}  # bytes -> id, grown merge by merge
-    merges = []
-    lines = _gpt2_file("vocab.bpe").read_text(encoding="utf-8").split("\n")
-    for line in lines[1:]:  # line 0 is "#version: 0.2"
-        if not line:
-            continue
-        left, right = (bytes(byte_decoder[ch] for ch in part) for part in line.split(" "))
-        merges.append((token_id[left], token_id[right]))
-        token_id[left + right] = 256 + len(merges) - 1
-    # encoder.json must agree with the ids the merges imply (GPT-2's id = 256 + merge rank)
+    """Our :class:`BPETokenizer` loaded with GPT-2's 50,000 merges; same ids as GPT-2 (50,257 in all).
+
+    GPT-2's ids 0..255 are its byte tokens in the order of the printable table (id 0 is '!'), so the
+    tokenizer carries that ``byte_order``; ``encoder.json`` must agree with the ids the merges imply."""
     encoder = json.loads(_gpt2_file("encoder.json").read_text(encoding="utf-8"))
-    implied = {"".join(byte_encoder[b] for b in token): i for token, i in token_id.items()}
-    implied[ENDOFTEXT] = 50256
-    if implied != encoder:
+    tokens = sorted(encoder, key=encoder.get)
+    if [encoder[t] for t in tokens] != list(range(len(tokens))):
+        raise SLMError("data/gpt2/encoder.json does not number its tokens 0, 1, 2, ...; "
+                       "restore it with: git checkout data/gpt2")
+    lines = _gpt2_file("vocab.bpe").read_text(encoding="utf-8").split("\n")
+    merges = [line for line in lines[1:] if line]  # line 0 is "#version: 0.2"
+    try:
+        return byte_level_tokenizer(tokens, merges, {ENDOFTEXT: 50256})
+    except SLMError:
         raise SLMError("data/gpt2/encoder.json does not match data/gpt2/vocab.bpe; "
-                       "restore both with: git checkout data/gpt2")
-    return BPETokenizer(merges, {ENDOFTEXT: 50256}, GPT2_SPLIT_PATTERN, byte_order)
+                       "restore both with: git checkout data/gpt2") from None
 
 
 @contextmanager
