@@ -155,8 +155,9 @@ class _NextLogits:
     logits can depend on through ``n_layer`` windows, and gives the same logits.
     """
 
-    def __init__(self, model, use_cache: bool = True, keep: int | None = None):
+    def __init__(self, model, use_cache: bool = True, keep: int | None = None, reserve: int | None = None):
         self.model = model
+        self.reserve = reserve  # positions a cache allocates at first: the prompt and the tokens to come
         self.block_size = model.block_size
         self.use_cache = use_cache and hasattr(model, "new_cache")
         self.keep = self.block_size if keep is None else keep
@@ -173,7 +174,7 @@ class _NextLogits:
         if self.start is None or length - self.start > self.block_size:  # first call, or the window is full
             self.start = max(0, length - (self.block_size if self.start is None else self.keep))
             if self.use_cache:
-                self.cache, self.fed = self.model.new_cache(idx.size(0)), self.start
+                self.cache, self.fed = self.model.new_cache(idx.size(0), self.reserve), self.start
         if not self.use_cache:
             return self.model(idx[:, self.start:], only_last=True)[0][:, -1]
         # Only what the cache has not seen goes in; only the last position's logits come out.
@@ -186,7 +187,7 @@ class _NextLogits:
             reach = self.model.config.n_layer * (self.block_size - 1) + 1
             return self.model(idx[:, -reach:], only_last=True)[0][:, -1]
         if self.cache is None:
-            self.cache = self.model.new_cache(idx.size(0))
+            self.cache = self.model.new_cache(idx.size(0), self.reserve)
         logits = self.model(idx[:, self.fed:], cache=self.cache, only_last=True)[0][:, -1]
         self.fed = idx.size(1)
         return logits
@@ -206,8 +207,8 @@ def token_stream(model, idx: torch.Tensor, max_new_tokens: int, options: Samplin
     The settings are those of ``generate``; they are checked now, not at the first step.
     """
     check_length(max_new_tokens)
-    return _token_stream(model, idx, max_new_tokens, _NextLogits(model, use_cache, keep), generator,
-                         sampling_options(options, **settings))
+    next_logits = _NextLogits(model, use_cache, keep, reserve=idx.size(1) + max_new_tokens)
+    return _token_stream(model, idx, max_new_tokens, next_logits, generator, sampling_options(options, **settings))
 
 
 @torch.no_grad()
