@@ -132,8 +132,8 @@ class Chat:
         if not isinstance(message, str):
             raise SLMError(f"a message must be a str, got {type(message).__name__}")
         messages = [*self.history, {"role": "user", "content": message}]
-        pieces = reply_stream(self.model, self.tokenizer, messages, max_new_tokens or self.max_new_tokens,
-                              options or self.options, seed=seed)
+        length = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        pieces = reply_stream(self.model, self.tokenizer, messages, length, options or self.options, seed=seed)
         return self._recorded(messages, pieces)
 
     def _recorded(self, messages, pieces: Iterator[str]) -> Iterator[str]:

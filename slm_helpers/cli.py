@@ -1,11 +1,18 @@
-"""Command line: train a preset or a YAML config on any text file, resume it, sample from it.
+"""Command line: train a preset or a YAML config on any text file, resume it, sample from it, chat.
 
     python -m slm_helpers train --preset shakespeare-char-cpu [--data FILE] [--out DIR] [--resume]
     python -m slm_helpers train --config my.yaml --set train.max_iters=2000 --set train.dtype=bfloat16
     torchrun --nproc_per_node 4 -m slm_helpers train --preset tinystories-small   # data parallel (DDP)
     python -m slm_helpers sample --checkpoint runs/shakespeare-char-cpu/best.pt --prompt "ROMEO:"
+    python -m slm_helpers chat                      # talk to SmolLM2-135M-Instruct in the terminal
+    python -m slm_helpers chat --prompt "What is the capital of France?" --temperature 0
 
-Bad input ends the program with one line on stderr and exit status 2, never a traceback.
+``chat`` without ``--prompt`` reads a message per line and streams each reply, keeping the history;
+/reset starts a new chat, /exit (or Ctrl-D) quits, Ctrl-C stops a reply (it stays in the chat, as
+far as it got) and, at the prompt, quits. With ``--prompt`` it prints only the reply.
+
+Bad input ends the program with one line on stderr and exit status 2, never a traceback; Ctrl-C
+ends it with exit status 130.
 """
 
 from __future__ import annotations
@@ -53,6 +60,31 @@ def _sample_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--stream", action="store_true", help="print the text token by token as it is written")
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache (slower)")
     parser.add_argument("--seed", type=int, default=None, help="make the sample repeatable")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
+    return parser
+
+
+# SmolLM2's model card samples with temperature 0.2 and top-p 0.9: close to the most likely reply (a
+# 135M model drifts off topic at higher temperatures), yet not the same reply every time as greedy (0) is.
+CHAT_TEMPERATURE, CHAT_TOP_P = 0.2, 0.9
+CHAT_HELP = "/reset starts a new chat, /exit (or Ctrl-D) quits, Ctrl-C stops a reply"
+
+
+def _chat_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--prompt", help="send this one message, print only the reply and exit "
+                                         "(default: chat in the terminal, a message per line)")
+    parser.add_argument("--system", help="the system message (default: the one the model's chat template adds)")
+    parser.add_argument("--gguf", metavar="PATH",
+                        help="a Llama-architecture GGUF file (default: the installed SmolLM2-135M-Instruct)")
+    parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE,
+                        help=f"0 = greedy; higher = more random (default {CHAT_TEMPERATURE}, SmolLM2's recommendation)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=CHAT_TOP_P,
+                        help=f"sample from the smallest set with this mass (default {CHAT_TOP_P}; 1 = off)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 makes tokens already in the chat less likely (1 = off)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="the longest a reply may be, in tokens")
+    parser.add_argument("--seed", type=int, default=None, help="make the replies repeatable")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
     return parser
 
@@ -121,14 +153,83 @@ def sample(args: argparse.Namespace) -> None:
         print(args.prompt + "".join(pieces))
 
 
-def _run(command, args: argparse.Namespace) -> int:
+def chat(args: argparse.Namespace) -> None:
+    from .chat import Chat
+    from .device import pick_device
+    from .pretrained import load_pretrained
+    from .sampling import SamplingOptions, check_length
+
+    # Checked here, before the (slow) model load; the file's own checks come first in load_pretrained.
+    options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              repetition_penalty=args.repetition_penalty)
+    check_length(args.max_new_tokens)
+    device = pick_device(args.device)
+    model, tokenizer = load_pretrained(args.gguf, device)  # None: the installed SmolLM2 (or how to install it)
+    session = Chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, options=options)
+    if args.prompt is not None:
+        pieces = session.send(args.prompt, seed=args.seed)  # a chat too long for the context fails here
+        try:
+            for piece in pieces:
+                print(piece, end="", flush=True)
+        finally:
+            print(flush=True)  # the reply's line ends, even when Ctrl-C cut it short
+        return
+    name = Path(args.gguf).name if args.gguf else "SmolLM2-135M-Instruct"
+    _chat_in_terminal(session, f"{name} on {device}", args.seed)
+
+
+def _chat_in_terminal(session, title: str, seed: int | None) -> None:
+    """Read a message per line, stream each reply. Ctrl-C during a reply stops it (what was written
+    stays in the history) and asks for the next message; Ctrl-C at the prompt reaches ``_run``: exit 130."""
+    import contextlib
+
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
+    print(f"chatting with {title}: type a message; {CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:
+            message = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if message in ("/exit", "/quit", "exit", "quit"):
+            return
+        if message == "/reset":
+            session.reset()
+            print("(a new chat)", file=sys.stderr)
+            continue
+        if not message or (message.startswith("/") and " " not in message):
+            if message:
+                print(f"unknown command {message}; {CHAT_HELP}", file=sys.stderr)
+            continue
+        try:
+            pieces = session.send(message, seed=seed)
+        except SLMError as err:  # e.g. the chat has grown past the context: /reset and go on
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        print("assistant> ", end="", flush=True)
+        stopped = False
+        try:
+            with contextlib.closing(pieces):
+                for piece in pieces:
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            stopped = True
+        print(flush=True)
+        if stopped:
+            print("(stopped: the reply so far stays in the chat)", file=sys.stderr)
+
+
+def _run(command, args: argparse.Namespace,
+         interrupted: str = "interrupted; resume with --resume (the last checkpoint is intact)") -> int:
     try:
         command(args)
     except SLMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; resume with --resume (the last checkpoint is intact)", file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)
         return 130
     return 0
 
@@ -138,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _train_parser(commands.add_parser("train", help="train a GPT on a text file"))
     _sample_parser(commands.add_parser("sample", help="generate text from a checkpoint"))
+    _chat_parser(commands.add_parser("chat", help="chat with an instruct model (default: SmolLM2-135M-Instruct)"))
     args = parser.parse_args(argv)
+    if args.command == "chat":
+        return _run(chat, args, interrupted="interrupted")
     return _run(train if args.command == "train" else sample, args)
 
 
@@ -152,3 +256,9 @@ def sample_main() -> int:
     """Console script ``slm-sample``."""
     parser = _sample_parser(argparse.ArgumentParser(prog="slm-sample", description="Sample from a checkpoint."))
     return _run(sample, parser.parse_args())
+
+
+def chat_main() -> int:
+    """Console script ``slm-chat``."""
+    parser = _chat_parser(argparse.ArgumentParser(prog="slm-chat", description="Chat with an instruct model."))
+    return _run(chat, parser.parse_args(), interrupted="interrupted")

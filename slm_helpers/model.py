@@ -74,7 +74,8 @@ class GPTConfig:
                            f"n_head / n_kv_head query heads (0: n_head); got {self.n_kv_head!r}")
         if not (isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool) and self.mlp_hidden >= 0):
             raise SLMError(f"GPTConfig.mlp_hidden must be an int >= 0 (0: the usual width), got {self.mlp_hidden!r}")
-        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and not isinstance(
+                self.norm_eps, bool) and 0 < self.norm_eps < math.inf):
             raise SLMError(f"GPTConfig.norm_eps must be > 0 (or None for PyTorch's default), got {self.norm_eps!r}")
         if self.position == "rope" and self.head_size % 2:
             raise SLMError(f"RoPE rotates pairs of numbers: the head size n_embd / n_head must be even, "

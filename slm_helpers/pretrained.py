@@ -168,7 +168,9 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
         w = f.tensor(name)
         if name.endswith(("attn_q.weight", "attn_k.weight")):
             w = unpermute(w, config.n_head if "attn_q" in name else config.kv_heads)
-        part = params[target][row:row + w.size(0)]
+        # The rows up to the next tensor's start in the same parameter (q | k | v in c_attn, gate | up in c_fc).
+        stop = min([r for t, r in names.values() if t == target and r > row] + [params[target].size(0)])
+        part = params[target][row:stop]
         if part.shape != w.shape:
             raise SLMError(f"{f.path.name}: tensor {name} has shape {tuple(w.shape)} where the model "
                            f"built from its metadata needs {tuple(part.shape)}")

@@ -1,8 +1,8 @@
 """What GPUs and Macs need, checked on the CPU.
 
 - Apple's MPS has no float64: every path a lesson runs on the model's device (training, evaluation,
-  every sampling strategy with and without the KV cache, beam search, attention maps, the widget) runs
-  here under a dispatch mode that fails on any float64 tensor operation.
+  every sampling strategy with and without the KV cache, beam search, attention maps, the widget, and
+  lesson 12's GGUF loader and chat) runs here under a dispatch mode that fails on any float64 tensor operation.
 - Generation asks the model for the last position's logits only (``only_last``), and gets the same
   tokens as with the logits of every position.
 - A vocabulary rounded up to a multiple of 64 (tensor-core shapes) changes no logit, loss or sample:
@@ -14,13 +14,16 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_gguf import write_tiny_llama
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from slm_helpers.bigram import BigramLanguageModel, CountingBigram
+from slm_helpers.chat import Chat
 from slm_helpers.checkpoint import load_model
 from slm_helpers.evaluate import evaluate_text, split_loss
 from slm_helpers.model import GPT, GPTConfig
+from slm_helpers.pretrained import load_pretrained
 from slm_helpers.sampling import beam_search, complete, generate, stream
 from slm_helpers.teaching import AttentionLM
 from slm_helpers.tokenizers import CharTokenizer
@@ -111,6 +114,21 @@ def test_every_lesson_path_runs_without_float64(chars, tmp_path):
             complete(small, tokenizer, "How", 10, seed=0)
             evaluate_text(small, tokenizer, TEXT[:100])
     assert sampler.text.startswith("How I") or sampler.text.startswith("Twin")
+
+
+def test_the_gguf_loader_and_a_chat_run_without_float64(tmp_path):
+    context = {"llama.context_length": ("add_uint32", 256)}
+    path = write_tiny_llama(tmp_path / "tiny.gguf", tied=False, metadata=context).path
+    with NoFloat64():
+        model, tokenizer = load_pretrained(path)  # dequantizing every tensor type, the rotary tables
+        chat = Chat(model, tokenizer, temperature=0, max_new_tokens=6)
+        "".join(chat.send("Hello"))
+        for options in ({"temperature": 0.8, "top_k": 20}, {"temperature": 1.0, "top_p": 0.9},
+                        {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.3}):
+            sampled = Chat(model, tokenizer, max_new_tokens=6, **options)
+            "".join(sampled.send("Hello", seed=0))
+            "".join(sampled.send("And then?", seed=1))
+    assert len(chat.history) == 2 and len(sampled.history) == 4
 
 
 # ---------------------------------------------------------------- the last position's logits only

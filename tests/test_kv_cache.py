@@ -123,3 +123,60 @@ def test_bigger_model_logits_within_1e_5():
     cache = model.new_cache(1)
     steps = [model(idx[:, :1], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(1, 32)]
     assert (torch.cat(steps, dim=1) - model(idx)[0]).abs().max() < 1e-5
+
+
+# ----- lesson 12: a cache that reserves fewer positions and grows ------------------------------
+
+
+def test_a_reserved_cache_starts_small_and_doubles_up_to_block_size():
+    layer = KVCache(batch_size=2, n_head=2, block_size=20, head_size=4, reserve=3)
+    assert layer.k.shape == layer.v.shape == (2, 2, 3, 4)
+    keys, values, sizes = [], [], []
+    for n in (2, 1, 1, 3, 5, 6, 2):  # 20 positions in all
+        k, v = torch.randn(2, 2, n, 4), torch.randn(2, 2, n, 4)
+        keys.append(k)
+        values.append(v)
+        all_k, all_v = layer.append(k, v)
+        sizes.append(layer.k.size(2))
+        assert torch.equal(all_k, torch.cat(keys, 2)) and torch.equal(all_v, torch.cat(values, 2))
+        assert layer.v.size(2) == sizes[-1] and layer.length == layer.position == sum(t.size(2) for t in keys)
+    assert sizes == [3, 3, 6, 12, 12, 20, 20]  # doubled when full, never past block_size
+    with pytest.raises(SLMError, match="holds 20 positions and 21 were asked for"):
+        layer.append(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
+    jump = KVCache(1, 1, 16, 4, reserve=2)
+    jump.append(torch.ones(1, 1, 9, 4), torch.ones(1, 1, 9, 4))  # doubling is not enough: as many as needed
+    assert jump.k.size(2) == 9 and jump.k[0, 0, :9].eq(1).all()
+    assert [KVCache(1, 1, 16, 4, reserve=r).k.size(2) for r in (None, 0, 1, 16, 100)] == [16, 1, 1, 16, 16]
+
+
+@pytest.mark.parametrize("position, steps", [("learned", (3, 1, 1, 1, 2)), ("rope", (5, 1, 1, 3, 1, 7, 1, 1, 4, 1))])
+def test_a_reserved_cache_gives_the_logits_of_a_full_one(position, steps):
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16, dropout=0.0,
+                       position=position, norm="rmsnorm", mlp="swiglu")
+    model = GPT(config).eval()
+    idx = torch.randint(0, 20, (2, sum(steps)))  # rope: 25 tokens, sliding past the context of 8
+    small, full = model.new_cache(2, reserve=2), model.new_cache(2)
+    assert small[0].k.size(2) == 2 and full[0].k.size(2) == 8
+    start = 0
+    with torch.no_grad():
+        for n in steps:
+            chunk = idx[:, start:start + n]
+            assert torch.equal(model(chunk, cache=small)[0], model(chunk, cache=full)[0]), f"at token {start}"
+            start += n
+    assert all(layer.k.size(2) == 8 for layer in small)  # grown to block_size, never beyond
+    assert [layer.position for layer in small] == [layer.position for layer in full] == [start] * 2
+
+
+def test_generation_reserves_the_prompt_and_the_new_tokens(model, monkeypatch):
+    made = []
+    new_cache = model.new_cache
+
+    def spy(batch, reserve=None):
+        made.append(new_cache(batch, reserve))
+        return made[-1]
+    monkeypatch.setattr(model, "new_cache", spy)
+    idx = torch.randint(0, 20, (1, 3))
+    out = generate(model, idx, 4, temperature=0)
+    assert [layer.k.size(2) for layer in made[0]] == [7, 7]  # 3 + 4 of block_size 8
+    assert torch.equal(out, generate(model, idx, 4, temperature=0, use_cache=False))

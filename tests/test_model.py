@@ -21,6 +21,14 @@ ATOL = 1e-6
     (dict(block_size=2.5), "block_size"),
     (dict(dropout=1.0), "dropout"),
     (dict(dropout=-0.1), "dropout"),
+    (dict(mlp_hidden=-1), "mlp_hidden"),
+    (dict(mlp_hidden=96.0), "mlp_hidden"),
+    (dict(mlp_hidden=True), "mlp_hidden"),
+    (dict(mlp_hidden="96"), "mlp_hidden"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(norm_eps=-1e-5), "norm_eps"),
+    (dict(norm_eps="1e-5"), "norm_eps"),
+    (dict(norm_eps=float("nan")), "norm_eps"),
 ])
 def test_config_validation(kwargs, key):
     with pytest.raises(SLMError, match=key):
@@ -218,3 +226,48 @@ def test_feed_forward_is_per_position():
     x = torch.randn(2, 5, 8)
     assert torch.allclose(ff(x)[:, 2], ff(x[:, 2:3])[:, 0], atol=ATOL)
     assert ff.c_fc.out_features == 32
+
+
+# ----- lesson 12: what a released model states instead of the rules (mlp_hidden, norm_eps) -------
+
+
+@pytest.mark.parametrize("mlp, usual", [("gelu", 4 * 48), ("relu2", 4 * 48), ("swiglu", 8 * 48 // 3)])
+def test_mlp_hidden_sets_the_width(mlp, usual):
+    idx = torch.randint(0, 10, (2, 4))
+    for hidden, width in ((0, usual), (100, 100), (7, 7)):
+        torch.manual_seed(0)
+        config = GPTConfig(vocab_size=10, block_size=4, n_layer=2, n_head=2, n_embd=48, dropout=0.0, mlp=mlp,
+                           mlp_hidden=hidden)
+        model = GPT(config).eval()
+        for block in model.transformer.h:
+            assert block.mlp.c_fc.weight.shape == ((2 if mlp == "swiglu" else 1) * width, 48)
+            assert block.mlp.c_proj.weight.shape == (48, width)
+        assert model(idx)[0].shape == (2, 4, 10)
+    ff = FeedForward(48, kind=mlp, hidden=100).eval()
+    x = torch.randn(3, 48)
+    h = ff.c_fc(x)
+    act = F.silu(h[:, :100]) * h[:, 100:] if mlp == "swiglu" else F.gelu(h) if mlp == "gelu" else F.relu(h).square()
+    assert torch.allclose(ff(x), ff.c_proj(act), atol=ATOL)  # the gate is the first half of c_fc's rows
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_norm_eps_reaches_every_norm(norm):
+    shape = dict(vocab_size=10, block_size=4, n_layer=3, n_head=2, n_embd=16, dropout=0.0, norm=norm)
+    model, default = GPT(GPTConfig(**shape, norm_eps=1e-2)), GPT(GPTConfig(**shape))
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))]
+    assert len(norms) == 2 * 3 + 1 and all(m.eps == 1e-2 for m in norms)
+    usual = 1e-5 if norm == "layernorm" else None  # None: RMSNorm's own, the dtype's machine epsilon
+    assert all(m.eps == usual for m in default.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm)))
+    x = 0.05 * torch.randn(2, 16)  # small: an epsilon of 1e-2 matters
+    ln = model.transformer.ln_f
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(16))
+    centred = x - x.mean(-1, keepdim=True) if norm == "layernorm" else x
+    expected = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-2) * ln.weight
+    assert torch.allclose(ln(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [True, float("inf")])
+def test_norm_eps_must_be_a_finite_number(eps):
+    with pytest.raises(SLMError, match="norm_eps"):
+        GPTConfig(norm_eps=eps)

@@ -1,15 +1,18 @@
-"""The interactive sampler without a browser: set the controls, click, read the output area.
+"""The interactive sampler and chat panels without a browser: set the controls, click, read the output area.
 
 These run on ipywidgets 7.7 (Google Colab's) and 8.x alike.
 """
 
+import contextlib
+
 import pytest
 import torch
 
-from slm_helpers.model import GPT
-from slm_helpers.sampling import complete
+from slm_helpers.chat import Chat
+from slm_helpers.model import GPT, GPTConfig
+from slm_helpers.sampling import SamplingOptions, complete
 from slm_helpers.tokenizers import CharTokenizer
-from slm_helpers.widgets import Sampler, next_token_distribution, plot_next_token_distribution, token_label
+from slm_helpers.widgets import ChatWidget, Sampler, next_token_distribution, plot_next_token_distribution, token_label
 
 PNG = b"\x89PNG"
 
@@ -131,3 +134,265 @@ def test_display_sends_the_panel(sampler, monkeypatch):
     (data, raw), = shown
     assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == sampler.ui.model_id
     assert data["text/plain"].startswith("Sampler panel")
+
+
+# ---------------------------------------------------------------- lesson 12's chat panel
+
+CHAT_SYSTEM = "Be kind."
+CHAT_TEMPLATE = (  # SmolLM2's ChatML template, with a short default system line
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + CHAT_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    """A tiny random GPT and a byte-level BPE tokenizer with ChatML's special tokens and a chat template."""
+    from slm_helpers.tokenizers import BPETokenizer
+
+    text = "Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\n" * 5
+    tokenizer = BPETokenizer.train(text, 256 + 20 + 3, special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=16,
+                          dropout=0.0))
+    return model, tokenizer
+
+
+def greedy_reply(chat_model, *messages, max_new_tokens, system=None, **settings):
+    """What Chat answers to the last of ``messages`` after the others, greedily."""
+    chat = Chat(*chat_model, system=system, temperature=0, max_new_tokens=max_new_tokens, **settings)
+    for message in messages:
+        reply = "".join(chat.send(message))
+    return reply
+
+
+def make_panel(chat_model, **kwargs):
+    kwargs.setdefault("temperature", 0.0)
+    kwargs.setdefault("max_new_tokens", 12)
+    return ChatWidget(*chat_model, **kwargs)
+
+
+class Hook:
+    """A forward pre-hook on the model: ``action`` runs at its ``at``-th forward pass (in the reply thread)."""
+
+    def __init__(self, model, at, action):
+        self.calls, self.at, self.action = 0, at, action
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.calls += 1
+        if self.calls == self.at:
+            self.action()
+
+    def remove(self):
+        self.handle.remove()
+
+
+def test_chat_panel_shows_each_reply_and_keeps_the_history(chat_model):
+    panel = make_panel(chat_model)
+    assert panel.temperature.value == 0 and panel.length.value == 12 and panel.stop_button.disabled
+    panel.message.value = "Hi there"
+    panel.send_button.click()
+    panel.reply_thread.join()
+    first = greedy_reply(chat_model, "Hi there", max_new_tokens=12)
+    assert len(first) >= 5  # a reply to compare, not an empty one
+    assert panel.history == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": first}]
+    assert panel.transcript() == f"You: Hi there\nAssistant: {first}"
+    assert panel.message.value == "" and not panel.busy and panel.error is None
+    assert not panel.send_button.disabled and panel.stop_button.disabled and panel.status.value == ""
+    # The second message is answered with the first exchange in the chat.
+    second = panel.send("How are you?", wait=True)
+    assert second == greedy_reply(chat_model, "Hi there", "How are you?", max_new_tokens=12)
+    assert panel.transcript() == f"You: Hi there\nAssistant: {first}\nYou: How are you?\nAssistant: {second}"
+    assert len(panel.history) == 4
+
+
+def test_chat_panel_turns_are_distinguishable_and_escaped(chat_model):
+    panel = make_panel(chat_model, system="Say <b>hi</b>.")
+    panel.send("a < b & c", wait=True)
+    system, user, assistant = panel.output.outputs
+    assert system["data"]["text/plain"] == "System: Say <b>hi</b>."
+    assert "Say &lt;b&gt;hi&lt;/b&gt;." in system["data"]["text/html"]
+    assert "You:" in user["data"]["text/html"] and "a &lt; b &amp; c" in user["data"]["text/html"]
+    assert "Assistant:" in assistant["data"]["text/html"]
+    assert len({turn["data"]["text/html"].split("<b ")[1].split(">")[0] for turn in (system, user, assistant)}) == 3
+
+
+def test_every_slider_reaches_the_chat(chat_model):
+    panel = make_panel(chat_model)
+    sent = []
+    send = panel.chat.send
+    panel.chat.send = lambda message, options, **kwargs: sent.append((options, kwargs)) or send(message, options,
+                                                                                                 **kwargs)
+    panel.temperature.value, panel.top_k.value, panel.top_p.value = 0.7, 3, 0.5
+    panel.repetition_penalty.value, panel.length.value = 1.2, 7
+    panel.send("Hi", wait=True)
+    assert sent[-1] == (SamplingOptions(temperature=0.7, top_k=3, top_p=0.5, repetition_penalty=1.2),
+                        {"max_new_tokens": 7})
+    panel.reset()
+    # top-k 1 at temperature 1 is greedy decoding: the options are those the reply was written with
+    panel.temperature.value, panel.top_k.value, panel.top_p.value = 1.0, 1, 1.0
+    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", max_new_tokens=7, repetition_penalty=1.2)
+    assert sent[-1][0] == SamplingOptions(temperature=1.0, top_k=1, top_p=None, repetition_penalty=1.2)
+
+
+def test_stop_ends_a_long_reply_early_and_the_partial_reply_stays(chat_model):
+    model, _ = chat_model
+    panel = make_panel(chat_model, max_new_tokens=60)
+    full = greedy_reply(chat_model, "Hi", max_new_tokens=60)
+    hook = Hook(model, 3, panel.stop_button.click)  # Stop pressed while the reply's third token is worked out
+    pieces = []  # (forward passes so far, piece) for each piece of the reply
+    send = panel.chat.send
+
+    def counted(*args, **kwargs):
+        reply = send(*args, **kwargs)
+
+        def each():
+            with contextlib.closing(reply):
+                for piece in reply:
+                    pieces.append((hook.calls, piece))
+                    yield piece
+        return each()
+
+    panel.chat.send = counted
+    try:
+        panel.send("Hi", wait=True)
+    finally:
+        hook.remove()
+    partial = panel.history[-1]["content"]
+    assert 0 < len(partial) < len(full) - 10 and full.startswith(partial)
+    # The panel stops at the first piece after Stop: a byte-level model's token may be part of a character,
+    # which waits for the rest, so a piece can take a few tokens. No forward pass runs after it.
+    assert partial == "".join(piece for _, piece in pieces)
+    assert [calls >= 3 for calls, _ in pieces].count(True) == 1 and hook.calls == pieces[-1][0]
+    assert panel.transcript() == f"You: Hi\nAssistant: {partial}"
+    assert panel.status.value.startswith("stopped") and panel.error is None
+    assert not panel.busy and not panel.send_button.disabled and panel.stop_button.disabled
+    # the next reply is a whole one, written after the stopped one
+    chat = Chat(*chat_model, temperature=0, max_new_tokens=60)
+    chat.history = list(panel.history)
+    assert panel.send("More", wait=True) == "".join(chat.send("More")) and panel.status.value == ""
+
+
+def test_a_second_send_while_a_reply_is_written_is_refused(chat_model):
+    import threading
+
+    model, _ = chat_model
+    panel = make_panel(chat_model)
+    release = threading.Event()
+    hook = Hook(model, 2, lambda: release.wait(30))  # the reply thread waits inside its second forward pass
+    try:
+        panel.send("Hi")
+        assert panel.busy and panel.send_button.disabled and not panel.stop_button.disabled
+        panel.message.value = "Again"
+        panel.send_button.click()
+        assert panel.status.value == ChatWidget.busy_message and panel.message.value == "Again"
+        assert panel.send("Again") is None
+    finally:
+        release.set()
+        panel.reply_thread.join()
+        hook.remove()
+    assert panel.history == [{"role": "user", "content": "Hi"},
+                             {"role": "assistant", "content": greedy_reply(chat_model, "Hi", max_new_tokens=12)}]
+    assert panel.status.value == ""
+    panel.send_button.click()  # now it goes
+    panel.reply_thread.join()
+    assert panel.history[2] == {"role": "user", "content": "Again"} and panel.message.value == ""
+
+
+def test_reset_empties_the_history_and_stops_a_reply(chat_model):
+    import threading
+
+    model, _ = chat_model
+    panel = make_panel(chat_model, system="Be brief.")
+    panel.send("Hi", wait=True)
+    panel.reset_button.click()
+    assert panel.history == [{"role": "system", "content": "Be brief."}] and panel.transcript() == "System: Be brief."
+    # during a reply: it stops, and the chat is empty
+    started = threading.Event()
+    hook = Hook(model, 2, started.set)
+    try:
+        panel.send("Hi")
+        assert started.wait(30)
+        panel.reset_button.click()
+    finally:
+        hook.remove()
+    assert not panel.reply_thread.is_alive() and not panel.busy
+    assert panel.history == [{"role": "system", "content": "Be brief."}] and panel.transcript() == "System: Be brief."
+    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", system="Be brief.", max_new_tokens=12)
+
+
+def error_of(panel):
+    last = panel.output.outputs[-1]
+    assert last["output_type"] == "stream" and last["name"] == "stderr"
+    return last["text"]
+
+
+def test_bad_settings_show_one_line_errors(chat_model):
+    panel = make_panel(chat_model)
+    assert panel.length.max == 256  # the model's context
+    panel.length.value = 256  # the prompt and 256 new tokens cannot fit in 256 positions
+    panel.message.value = "Hi"
+    panel.send_button.click()
+    error = error_of(panel)
+    assert error.startswith("error: the chat is") and "beyond the model's context of 256" in error
+    assert error.count("\n") == 1 and panel.error == error.strip()
+    assert panel.reply_thread is None and panel.history == [] and panel.message.value == "Hi"  # nothing was sent
+    panel.length.value = 10  # fixed: the error goes
+    panel.send_button.click()
+    panel.reply_thread.join()
+    assert panel.error is None and panel.output.outputs[-1]["output_type"] == "display_data"
+    # the chat grows until the next message no longer fits
+    for _ in range(10):
+        if panel.send("Tell me more about the little star", wait=True) is None:
+            break
+    assert "beyond the model's context" in error_of(panel) and panel.error.startswith("error: the chat is")
+    panel.reset()
+    assert panel.error is None and panel.output.outputs == ()
+
+
+def test_an_error_in_the_reply_thread_shows_in_the_panel(chat_model):
+    model, _ = chat_model
+    panel = make_panel(chat_model)
+
+    def fail():
+        raise RuntimeError("out of memory\nsecond line of details")
+
+    hook = Hook(model, 3, fail)
+    try:
+        panel.send("Hi", wait=True)
+    finally:
+        hook.remove()
+    assert error_of(panel) == "error: RuntimeError: out of memory\n"
+    assert not panel.busy and not panel.send_button.disabled and panel.stop_button.disabled
+    assert panel.status.value == ""
+    partial = panel.history[-1]["content"]  # the two tokens written before the error stay
+    assert greedy_reply(chat_model, "Hi", max_new_tokens=12).startswith(partial) and len(panel.history) == 2
+    assert panel.send("Again", wait=True) and panel.error is None
+
+
+def test_chat_panel_needs_a_chat_template(chat_model):
+    from slm_helpers.errors import SLMError
+
+    model, tokenizer = chat_model
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        with pytest.raises(SLMError, match="no ChatML chat template") as err:
+            ChatWidget(model, tokenizer)
+    finally:
+        tokenizer.chat_template = template
+    assert "\n" not in str(err.value)
+
+
+def test_chat_panel_display(chat_model, monkeypatch):
+    import IPython.display
+
+    panel = make_panel(chat_model)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
+    panel._ipython_display_()
+    (data, raw), = shown
+    assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.ui.model_id
+    assert data["text/plain"].startswith("Chat panel")
