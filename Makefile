@@ -102,6 +102,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_kv_cache.py
 	$(BIN)/python tests/benchmarks/bench_throughput.py
 	$(BIN)/python tests/benchmarks/bench_speedrun.py
+	$(BIN)/python tests/benchmarks/bench_pretrained.py
 
 gpu-check: $(STAMP)
 	$(BIN)/python tests/benchmarks/gpu_check.py
