@@ -125,15 +125,20 @@ def test_static_picture_helpers(sampler):
     assert token_label(sampler.tokenizer, sampler.tokenizer.encode("\n")[0]) == "\u21b5"
 
 
-def test_display_sends_the_panel(sampler, monkeypatch):
+def displayed(panel, monkeypatch) -> dict:
+    """What ``panel`` sends to the notebook when displayed: one raw mime bundle of its widget."""
     import IPython.display
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
-    sampler._ipython_display_()
+    panel._ipython_display_()
     (data, raw), = shown
-    assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == sampler.ui.model_id
-    assert data["text/plain"].startswith("Sampler panel")
+    assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.ui.model_id
+    return data
+
+
+def test_display_sends_the_panel(sampler, monkeypatch):
+    assert displayed(sampler, monkeypatch)["text/plain"].startswith("Sampler panel")
 
 
 # ---------------------------------------------------------------- lesson 12's chat panel
@@ -387,12 +392,4 @@ def test_chat_panel_needs_a_chat_template(chat_model):
 
 
 def test_chat_panel_display(chat_model, monkeypatch):
-    import IPython.display
-
-    panel = make_panel(chat_model)
-    shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
-    panel._ipython_display_()
-    (data, raw), = shown
-    assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.ui.model_id
-    assert data["text/plain"].startswith("Chat panel")
+    assert displayed(make_panel(chat_model), monkeypatch)["text/plain"].startswith("Chat panel")
