@@ -27,7 +27,7 @@ import torch
 
 from .errors import SLMError
 from .gguf_file import GGUFFile
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, SwiGLU
 from .tokenizers import DIGITS_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, BPETokenizer, byte_level_tokenizer
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,7 +91,7 @@ def gguf_names(config: GPTConfig) -> dict[str, tuple[str, int]]:
     with one (``c_fc``); a GGUF file stores them apart, so they land at row offsets of one parameter.
     """
     q_rows, kv_rows = config.n_head * config.head_size, config.kv_heads * config.head_size
-    hidden = config.mlp_hidden or 8 * config.n_embd // 3
+    hidden = config.mlp_hidden or SwiGLU.default_hidden(config.n_embd)
     names = {"token_embd.weight": ("transformer.wte.weight", 0), "output_norm.weight": ("transformer.ln_f.weight", 0)}
     if not config.tie_embeddings:
         names["output.weight"] = ("lm_head.weight", 0)

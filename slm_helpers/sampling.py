@@ -149,7 +149,7 @@ class _NextLogits:
     tokens of context instead of always ``block_size``. The rule is the same with and without the
     cache, so the cache changes the speed, never the tokens.
 
-    # New (lesson 11): a RoPE model (``model.slides``) never restarts. Its cache drops the oldest keys and
+    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts. Its cache drops the oldest keys and
     every token attends to the ``block_size`` before it (sliding-window attention). Without the cache
     the model reruns on the last ``n_layer * (block_size - 1) + 1`` tokens, all that the last token's
     logits can depend on through ``n_layer`` windows, and gives the same logits.
@@ -169,7 +169,7 @@ class _NextLogits:
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         length = idx.size(1)
-        if getattr(self.model, "slides", False):
+        if getattr(self.model, "reads_past_context", False):
             return self._sliding(idx)
         if self.start is None or length - self.start > self.block_size:  # first call, or the window is full
             self.start = max(0, length - (self.block_size if self.start is None else self.keep))

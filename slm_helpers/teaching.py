@@ -1,39 +1,29 @@
 """The pieces lessons 3 and 4 build a GPT from, one idea at a time, every step in the open.
 
-``masked_attention`` is attention written out; ``Head`` is one head of it; ``MultiHeadAttention``
-puts several side by side; ``AttentionLM`` is the small language model of lessons 3-4 (embeddings,
-attention, optionally a feed-forward layer, no residuals or normalisation yet). ``model.py`` computes
-the same things in their fast form, and the lessons prove it: ``CausalSelfAttention.load_heads``
-copies a ``MultiHeadAttention``'s weights into the fused layer, and both give the same numbers.
+``masked_attention`` (from model.py, where the written-out path uses it too) is attention written
+out; ``Head`` is one head of it; ``MultiHeadAttention`` puts several side by side; ``AttentionLM`` is
+the small language model of lessons 3-4 (embeddings, attention, optionally an MLP, no residuals or
+normalisation yet). ``model.py`` computes the same things in their fast form, and the lessons prove it:
+``load_heads`` copies a ``MultiHeadAttention``'s weights into a ``CausalSelfAttention``, and both give
+the same numbers.
 
 What it leaves out: everything that is only about speed (the fused kernel, the KV cache); those are
-in ``model.py``, which never imports this file.
+in ``model.py`` and ``kv_cache.py``, which never import this file.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .model import FeedForward, causal_mask, language_model_loss
+from .model import MLP, CausalSelfAttention, GPTConfig, language_model_loss, masked_attention
+
+__all__ = ["AttentionLM", "Head", "MultiHeadAttention", "causal_mask", "load_heads", "masked_attention"]
 
 
-def masked_attention(q, k, v, mask, dropout: nn.Module | None = None):
-    """Attention written out: scores, causal mask, softmax, weighted sum. Returns (output, weights).
-
-    There may be fewer queries than keys (generation with a KV cache): the queries are then the
-    last positions, and their rows of the mask are the bottom ones.
-    """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (..., Tq, Tk); 1/sqrt(d) keeps softmax from saturating
-    Tq, Tk = q.size(-2), k.size(-2)
-    scores = scores.masked_fill(~mask[Tk - Tq:Tk, :Tk], float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    if dropout is not None:
-        weights = dropout(weights)
-    return weights @ v, weights
+def causal_mask(block_size: int) -> torch.Tensor:
+    """Lower-triangular boolean mask: position t may look at positions 0..t, never the future."""
+    return torch.tril(torch.ones(block_size, block_size, dtype=torch.bool))
 
 
 class Head(nn.Module):
@@ -48,7 +38,8 @@ class Head(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, return_weights: bool = False):
-        out, weights = masked_attention(self.query(x), self.key(x), self.value(x), self.mask, self.dropout)
+        T = x.size(1)
+        out, weights = masked_attention(self.query(x), self.key(x), self.value(x), self.mask[:T, :T], self.dropout)
         return (out, weights) if return_weights else out
 
 
@@ -80,7 +71,7 @@ class AttentionLM(nn.Module):
         self.position_embedding = nn.Embedding(block_size, n_embd)
         self.attention = (Head(n_embd, n_embd, block_size, dropout) if n_head == 1
                           else MultiHeadAttention(n_embd, n_head, block_size, dropout))
-        self.feed_forward = FeedForward(n_embd, dropout) if feed_forward else nn.Identity()
+        self.feed_forward = MLP(GPTConfig(n_embd=n_embd, n_head=1, dropout=dropout)) if feed_forward else nn.Identity()
         self.lm_head = nn.Linear(n_embd, vocab_size)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, only_last: bool = False):
@@ -92,3 +83,15 @@ class AttentionLM(nn.Module):
             x = x[:, -1:]  # the feed-forward layer and lm_head work per position
         logits = self.lm_head(self.feed_forward(x))  # (B, T, vocab_size)
         return logits, language_model_loss(logits, targets, only_last)
+
+
+@torch.no_grad()
+def load_heads(attn: CausalSelfAttention, mha: MultiHeadAttention) -> None:
+    """Copy the weights of lesson 4's ``MultiHeadAttention`` (``mha.heads[h].query/key/value``, ``mha.proj``)
+    into ``attn``, so both compute the same function."""
+    for part, name in enumerate(("query", "key", "value")):
+        stacked = torch.cat([getattr(head, name).weight for head in mha.heads], dim=0)  # (C, C)
+        attn.c_attn.weight[part * stacked.size(0):(part + 1) * stacked.size(0)].copy_(stacked)
+    if attn.c_attn.bias is not None:  # teaching heads have no q/k/v bias: the same function needs zeros
+        attn.c_attn.bias.zero_()
+    attn.c_proj.load_state_dict(mha.proj.state_dict())

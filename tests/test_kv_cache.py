@@ -5,7 +5,8 @@ import torch
 
 from slm_helpers.bigram import BigramLanguageModel
 from slm_helpers.errors import SLMError
-from slm_helpers.model import GPT, GPTConfig, KVCache
+from slm_helpers.kv_cache import KVCache
+from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.sampling import beam_search, generate
 from slm_helpers.teaching import AttentionLM
 

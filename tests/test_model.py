@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from slm_helpers.errors import SLMError
-from slm_helpers.model import GPT, CausalSelfAttention, FeedForward, GPTConfig, causal_mask
-from slm_helpers.teaching import AttentionLM, Head, MultiHeadAttention, masked_attention
+from slm_helpers.model import GPT, MLP, CausalSelfAttention, GPTConfig
+from slm_helpers.teaching import AttentionLM, Head, MultiHeadAttention, causal_mask, load_heads, masked_attention
 
 # float32 attention on the CPU: the explicit and fused paths differ only by rounding, ~1e-7 here.
 ATOL = 1e-6
@@ -74,15 +74,14 @@ def test_multi_head_attention_equals_causal_self_attention(B, T, C, H, block):
     mha = MultiHeadAttention(C, H, block, dropout=0.0).eval()
     csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=block, n_layer=1, n_head=H, n_embd=C,
                                         dropout=0.0)).eval()
-    csa.load_heads(mha)
+    load_heads(csa, mha)
     x = torch.randn(B, T, C)
     expected = mha(x)
     assert csa.fused
-    assert torch.allclose(csa(x)[0], expected, atol=ATOL) and csa(x)[1] is None  # fused scaled_dot_product_attention
+    assert torch.allclose(csa(x), expected, atol=ATOL)  # fused scaled_dot_product_attention
     csa.fused = False
-    assert torch.allclose(csa(x)[0], expected, atol=ATOL)  # the explicit path
-    y, weights = csa(x, need_weights=True)
-    assert torch.allclose(y, expected, atol=ATOL)
+    assert torch.allclose(csa(x), expected, atol=ATOL)  # the explicit path
+    weights = csa.weights(x)
     assert weights.shape == (B, H, T, T)
     for h, head in enumerate(mha.heads):  # head h of the fused module is teaching head h
         assert torch.allclose(weights[:, h], head(x, return_weights=True)[1], atol=ATOL)
@@ -93,9 +92,9 @@ def test_load_heads_with_bias():
     mha = MultiHeadAttention(16, 4, 8, dropout=0.0, bias=True).eval()
     csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=8, n_layer=1, n_head=4, n_embd=16,
                                         dropout=0.0, bias=True)).eval()
-    csa.load_heads(mha)
+    load_heads(csa, mha)
     x = torch.randn(2, 8, 16)
-    assert torch.allclose(csa(x)[0], mha(x), atol=ATOL)
+    assert torch.allclose(csa(x), mha(x), atol=ATOL)
 
 
 def test_fused_and_explicit_paths_agree_in_a_gpt(tiny_config):
@@ -189,8 +188,8 @@ def test_attention_maps(tiny_config):
     assert (maps[..., causal_mask(6)] > 0).all()  # softmax never gives exactly 0 to a visible position
     # Layer 0's map is the first block's attention of the embedded, normalised input.
     block = model.transformer.h[0]
-    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(6))
-    assert torch.allclose(maps[0], block.attn(block.ln_1(x), need_weights=True)[1], atol=ATOL)
+    x = model.transformer.wte(idx) + model.transformer.wpe(idx)
+    assert torch.allclose(maps[0], masked_attention(*block.attn.project(block.ln_1(x)), causal_mask(6))[1], atol=ATOL)
 
 
 def test_attention_maps_ignore_dropout_in_training_mode():
@@ -207,7 +206,7 @@ def test_attention_lm(n_head, feed_forward):
     model = AttentionLM(vocab_size=11, n_embd=16, block_size=8, n_head=n_head, feed_forward=feed_forward).eval()
     assert model.block_size == 8
     assert isinstance(model.attention, Head if n_head == 1 else MultiHeadAttention)
-    assert isinstance(model.feed_forward, FeedForward if feed_forward else torch.nn.Identity)
+    assert isinstance(model.feed_forward, MLP if feed_forward else torch.nn.Identity)
     idx = torch.randint(0, 11, (2, 8))
     targets = torch.randint(0, 11, (2, 8))
     logits, loss = model(idx, targets)
@@ -222,7 +221,7 @@ def test_attention_lm(n_head, feed_forward):
 
 def test_feed_forward_is_per_position():
     torch.manual_seed(0)
-    ff = FeedForward(8).eval()
+    ff = MLP(GPTConfig(n_embd=8, n_head=1)).eval()
     x = torch.randn(2, 5, 8)
     assert torch.allclose(ff(x)[:, 2], ff(x[:, 2:3])[:, 0], atol=ATOL)
     assert ff.c_fc.out_features == 32

@@ -14,7 +14,19 @@ from slm_helpers.cli import main
 from slm_helpers.config import load_config
 from slm_helpers.errors import SLMError
 from slm_helpers.evaluate import split_loss
-from slm_helpers.model import GPT, CausalSelfAttention, FeedForward, GPTConfig, KVCache, Rotary, window_mask
+from slm_helpers.kv_cache import KVCache
+from slm_helpers.model import (
+    GPT,
+    MLP,
+    MLPS,
+    CausalSelfAttention,
+    GPTConfig,
+    NoPositions,
+    ReLU2,
+    Rotary,
+    SwiGLU,
+    window_mask,
+)
 from slm_helpers.optim import MuonAdamW, orthogonalize
 from slm_helpers.sampling import _NextLogits, beam_search, generate
 from slm_helpers.tokenizers import CharTokenizer
@@ -63,11 +75,11 @@ def test_defaults_are_gpt2(tiny_config):
     model = GPT(tiny_config)  # the conftest's config sets none of the new fields
     norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
     assert len(norms) == 2 * tiny_config.n_layer + 1 and all(type(m) is nn.LayerNorm for m in norms)
-    assert all(type(b.mlp.gelu) is nn.GELU and b.mlp.c_fc.out_features == 4 * 16 for b in model.transformer.h)
-    assert model.transformer.wpe.weight.shape == (tiny_config.block_size, 16) and not model.slides
+    assert all(type(b.mlp) is MLP and b.mlp.c_fc.out_features == 4 * 16 for b in model.transformer.h)
+    assert model.transformer.wpe.weight.shape == (tiny_config.block_size, 16) and not model.reads_past_context
     assert model.lm_head.weight is model.transformer.wte.weight
     assert not any(isinstance(m, Rotary) for m in model.modules())
-    assert all(b.attn.c_attn.out_features == 3 * 16 and not b.attn.qk_norm for b in model.transformer.h)
+    assert all(b.attn.c_attn.out_features == 3 * 16 and type(b.attn.q_norm) is nn.Identity for b in model.transformer.h)
     # GPT-2's init, not PyTorch's: N(0, 0.02) matrices (320 numbers: the std estimate is within ~5%).
     assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.2)
 
@@ -337,7 +349,7 @@ def _params(module: nn.Module) -> int:
 @pytest.mark.parametrize("n_embd", [48, 96])
 def test_swiglu_and_relu2(n_embd):
     torch.manual_seed(0)
-    gelu, swiglu, relu2 = (FeedForward(n_embd, kind=kind) for kind in ("gelu", "swiglu", "relu2"))
+    gelu, swiglu, relu2 = (MLPS[kind](GPTConfig(n_embd=n_embd, n_head=1, dropout=0.0)) for kind in ("gelu", "swiglu", "relu2"))
     assert abs(_params(swiglu) - _params(gelu)) <= 0.01 * _params(gelu)  # 2/3 the width, three matrices
     assert _params(relu2) == _params(gelu)
     x = torch.randn(2, 5, n_embd)
@@ -345,7 +357,8 @@ def test_swiglu_and_relu2(n_embd):
     assert torch.allclose(swiglu(x), swiglu.c_proj(gate * torch.sigmoid(gate) * value), atol=1e-6)
     assert torch.allclose(relu2(x), relu2.c_proj(relu2.c_fc(x).clamp(min=0) ** 2), atol=1e-6)
     assert torch.allclose(gelu(x), gelu.c_proj(F.gelu(gelu.c_fc(x))), atol=1e-6)
-    assert all(b.mlp.kind == "swiglu" for b in GPT(config(mlp="swiglu")).transformer.h)
+    assert all(type(b.mlp) is SwiGLU for b in GPT(config(mlp="swiglu")).transformer.h)
+    assert all(type(b.mlp) is ReLU2 for b in GPT(config(mlp="relu2")).transformer.h)
 
 
 @pytest.mark.parametrize("n_kv_head", [0, 2])
@@ -354,13 +367,13 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(n_kv_hea
         torch.manual_seed(0)
         attn = CausalSelfAttention(config(n_head=4, n_kv_head=n_kv_head, qk_norm=qk_norm, position="rope")).eval()
         x = torch.randn(2, 8, 32)
-        before = attn(x)[0]
+        before = attn(x)
         with torch.no_grad():
             attn.c_attn.weight[:32 + attn.n_kv_head * 8] *= 7  # the query rows and the key rows
         if qk_norm:
-            assert torch.allclose(attn(x)[0], before, atol=1e-5)
+            assert torch.allclose(attn(x), before, atol=1e-5)
         else:
-            assert not torch.allclose(attn(x)[0], before, atol=1e-2)
+            assert not torch.allclose(attn(x), before, atol=1e-2)
 
 
 def test_grouped_query_attention_is_attention_with_shared_heads():
@@ -415,7 +428,7 @@ def test_zero_out_blocks_start_as_the_identity(bias):
     model = GPT(config(**MODERN, bias=bias))
     x = torch.randn(2, 8, 32)
     for block in model.transformer.h:
-        assert torch.equal(block(x)[0], x)  # nothing is written into the residual stream yet
+        assert torch.equal(block(x), x)  # nothing is written into the residual stream yet
 
 
 # ---------------------------------------------------------------- Muon
@@ -580,7 +593,8 @@ def test_fast_presets(preset):
     assert (run.model.position, run.model.norm, run.train.optimizer) == ("rope", "rmsnorm", "muon")
     assert run.train.time_budget > 0 and run.train.schedule == "wsd"
     model = GPT(run.gpt_config(65))
-    assert model.slides and "wpe" not in model.transformer
+    assert model.reads_past_context and isinstance(model.transformer.wpe, NoPositions)
+    assert not any(name.startswith("transformer.wpe") for name in model.state_dict())
     assert all(type(m) is nn.RMSNorm for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)))
 
 
