@@ -137,16 +137,20 @@ def attend(q, k, v, start: int, window: int, fused: bool = True, dropout: nn.Mod
     The one place that chooses how: PyTorch's fused kernel (weights never materialised) or the
     written-out ``masked_attention``; no mask at all when the plain causal one or "everything" will do.
     """
-    if k.size(1) < q.size(1):  # New (lesson 11): each key/value head serves n_head / n_kv_head query heads
-        k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
-    T, n_keys = q.size(2), k.size(2)
+    B, n_head, T, hs = q.shape
+    n_kv_head, n_keys = k.size(1), k.size(2)
     key_start = start + T - n_keys
+    everything = T == 1 and n_keys <= window  # one new token may see every cached key
+    p = dropout.p if dropout is not None and dropout.training else 0.0
+    if n_kv_head < n_head:  # New (lesson 11): each key/value head serves n_head / n_kv_head query heads
+        if fused and everything:  # one token: its query heads of a group become that group's rows, no copy of k, v
+            y = F.scaled_dot_product_attention(q.reshape(B, n_kv_head, -1, hs), k, v, dropout_p=p)
+            return y.view(B, n_head, 1, hs), None
+        k, v = (t.repeat_interleave(n_head // n_kv_head, dim=1) for t in (k, v))
     if not fused:
         return masked_attention(q, k, v, window_mask(start, T, key_start, n_keys, window, q.device), dropout)
     causal = key_start == start and T <= window  # no cache (or an empty one), within the context
-    everything = T == 1 and n_keys <= window  # one new token may see every cached key
     mask = None if causal or everything else window_mask(start, T, key_start, n_keys, window, q.device)
-    p = dropout.p if dropout is not None and dropout.training else 0.0
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1, dropout_p=p), None
 
 

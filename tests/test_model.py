@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from slm_helpers.errors import SLMError
-from slm_helpers.model import GPT, MLP, CausalSelfAttention, GPTConfig
+from slm_helpers.model import GPT, MLP, MLPS, CausalSelfAttention, GPTConfig
 from slm_helpers.teaching import AttentionLM, Head, MultiHeadAttention, causal_mask, load_heads, masked_attention
 
 # float32 attention on the CPU: the explicit and fused paths differ only by rounding, ~1e-7 here.
@@ -242,7 +242,7 @@ def test_mlp_hidden_sets_the_width(mlp, usual):
             assert block.mlp.c_fc.weight.shape == ((2 if mlp == "swiglu" else 1) * width, 48)
             assert block.mlp.c_proj.weight.shape == (48, width)
         assert model(idx)[0].shape == (2, 4, 10)
-    ff = FeedForward(48, kind=mlp, hidden=100).eval()
+    ff = MLPS[mlp](GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, n_embd=48, mlp_hidden=100)).eval()
     x = torch.randn(3, 48)
     h = ff.c_fc(x)
     act = F.silu(h[:, :100]) * h[:, 100:] if mlp == "swiglu" else F.gelu(h) if mlp == "gelu" else F.relu(h).square()

@@ -349,7 +349,8 @@ def _params(module: nn.Module) -> int:
 @pytest.mark.parametrize("n_embd", [48, 96])
 def test_swiglu_and_relu2(n_embd):
     torch.manual_seed(0)
-    gelu, swiglu, relu2 = (MLPS[kind](GPTConfig(n_embd=n_embd, n_head=1, dropout=0.0)) for kind in ("gelu", "swiglu", "relu2"))
+    shape = GPTConfig(n_embd=n_embd, n_head=1, dropout=0.0)
+    gelu, swiglu, relu2 = (MLPS[kind](shape) for kind in ("gelu", "swiglu", "relu2"))
     assert abs(_params(swiglu) - _params(gelu)) <= 0.01 * _params(gelu)  # 2/3 the width, three matrices
     assert _params(relu2) == _params(gelu)
     x = torch.randn(2, 5, n_embd)
