@@ -401,7 +401,7 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int = 1, reserve: int | None = None) -> list[KVCache]:
         """An empty KV cache per layer, for generating ``batch_size`` sequences with this model; ``reserve``
         positions are allocated at first (default: ``block_size``), more as they are needed."""
-        c, weight = self.config, self.lm_head.weight
+        c, weight = self.config, self.transformer.wte.weight  # float32 even where the Linears hold float16 weights
         return [KVCache(batch_size, c.kv_heads, c.block_size, c.head_size, weight.device, weight.dtype,
                         self.reads_past_context, reserve) for _ in range(c.n_layer)]
 

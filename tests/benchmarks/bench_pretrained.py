@@ -160,50 +160,16 @@ def reply_theirs(torch, model, idx, n, end_id):
     return streamer.first, time.perf_counter() - start, out[0, idx.size(1):].tolist()
 
 
-def half_weights(model, torch):
-    """Every Linear's weights in float16, its input and output still float32: half the bytes per token.
-
-    One new token is a matrix-vector product, which reads each weight once: float16 halves that reading.
-    A prompt of many tokens is a matrix-matrix product, which CPUs without 16-bit arithmetic (AVX2) do
-    several times slower in float16 than in float32: there the weights are turned back into float32 first.
-    """
-    nn = torch.nn
-
-    class HalfLinear(nn.Module):
-        def __init__(self, linear):
-            super().__init__()
-            self.half_weight = nn.Parameter(linear.weight.detach().half(), requires_grad=False)
-            self.bias = linear.bias
-
-        def forward(self, x):
-            if x.numel() == x.size(-1):  # one position: a matrix-vector product
-                y = nn.functional.linear(x.half(), self.half_weight).to(x.dtype)
-            else:
-                y = nn.functional.linear(x, self.half_weight.to(x.dtype))
-            return y if self.bias is None else y + self.bias
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, HalfLinear(child))
-    # GPT.new_cache takes the cache's dtype and device from lm_head.weight: point it at the (tied, float32)
-    # embedding, which costs no memory.
-    model.lm_head.weight = model.transformer.wte.weight
-    return model
-
-
 def int8_dynamic(model, torch):
-    """PyTorch's dynamic int8 quantization of every Linear but the output layer (whose quantized module has
-    no .weight tensor, which GPT.new_cache reads). None where this torch has no quantize_dynamic."""
+    """PyTorch's dynamic int8 quantization of every Linear, the same layers as half_weights; None where this
+    torch has no quantize_dynamic."""
     with warnings.catch_warnings():  # deprecated in favour of torchao, still there in torch 2.13
         warnings.simplefilter("ignore")
         try:
             from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
         except ImportError:
             return None
-        layers = {name: default_dynamic_qconfig for name, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and name != "lm_head"}
-        return quantize_dynamic(model, layers, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.Linear: default_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def largest_logit_difference(torch, reference, model, tokenizer, device) -> float:
@@ -242,13 +208,15 @@ def worker_load(args) -> dict:
 
 def worker_decode(args) -> dict:
     torch, device, dtype = setup(args)
+    from slm_helpers.half_weights import half_weights
+
     model, tokenizer = load_ours(args, device, dtype)
     idx = prompt_ids(torch, tokenizer, args.messages, device)
     end_id = args.end_id
     sides = {"ours": lambda: reply_ours(torch, model, idx, args.tokens)}
     accuracy = {}
     if device.type == "cpu" and not args.no_speedups:
-        half = half_weights(load_ours(args, device, dtype)[0], torch)
+        half = half_weights(load_ours(args, device, dtype)[0])
         sides["ours, float16 weights"] = lambda: reply_ours(torch, half, idx, args.tokens)
         accuracy["ours, float16 weights"] = largest_logit_difference(torch, model, half, tokenizer, device)
         int8 = int8_dynamic(load_ours(args, device, dtype)[0], torch)
