@@ -5,7 +5,7 @@
 # make test-browser : only the JupyterLab tests (see tests/browser/conftest.py for their settings)
 # make bench : print the performance numbers quoted in the README
 # make gpu-check : on a CUDA GPU, run the GPU lessons, benchmarks and a torchrun check into one report
-# make test-ipywidgets7 : the widget tests and lesson 9 again, with Colab's ipywidgets 7.7.1, in .venv-ipywidgets7
+# make test-ipywidgets7 : the widget tests and lessons 9 and 12 again, with Colab's ipywidgets 7.7.1, in .venv-ipywidgets7
 
 PYTHON ?= python3
 VENV   := .venv
@@ -66,8 +66,9 @@ test-notebooks: $(STAMP)
 	SLM_QUICK=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		-n 2 --dist loadfile notebooks/
 
-# JupyterLab on 127.0.0.1 driven in headless Chromium: run lessons 2 and 9 from the Run menu, check
-# there is no traceback, the live loss plot is drawn and the sampler widget generates text.
+# JupyterLab on 127.0.0.1 driven in headless Chromium: run lessons 2, 9 and 12 from the Run menu, check
+# there is no traceback, the live loss plot is drawn, the sampler widget generates text and the chat
+# widget answers a typed question and stops a long reply.
 # Screenshots go to a temporary folder; SLM_SCREENSHOTS=images refreshes the README's pictures.
 # Without Chromium they are skipped with a line saying so, unless SLM_REQUIRE_BROWSER=1 (CI): then it fails.
 test-browser: $(STAMP)
@@ -79,8 +80,9 @@ else
 	SLM_CHROMIUM=$(CHROMIUM) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/browser
 endif
 
-# Colab ships ipywidgets 7.7.1: the sampler must work there too. A second environment with that version
-# (and the CPU build of torch, as in CI) runs the widget tests and lesson 9 in quick mode.
+# Colab ships ipywidgets 7.7.1: the sampler and the chat panel must work there too. A second environment
+# with that version (and the CPU build of torch, as in CI) runs the widget tests and lessons 9 and 12 in
+# quick mode.
 IPW7 := .venv-ipywidgets7
 $(IPW7)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(IPW7)
@@ -94,7 +96,7 @@ test-ipywidgets7: $(IPW7)/.installed
 	$(IPW7)/bin/python -c "import ipywidgets; assert ipywidgets.__version__ == '7.7.1', ipywidgets.__version__"
 	$(IPW7)/bin/python -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_widgets.py
 	SLM_QUICK=1 $(IPW7)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		notebooks/09_sampling.ipynb
+		notebooks/09_sampling.ipynb notebooks/12_pretrained_llm.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_cpu_preset.py

