@@ -32,20 +32,26 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def read_state(path: str | Path, what: str, keys: tuple[str, ...], map_location="cpu") -> dict:
+    """The dict saved in ``path`` (a ``what``: checkpoint, adapter) that must hold ``keys``; a missing,
+    unreadable, truncated or foreign file is one clear error."""
     path = Path(path)
     if not path.is_file():
-        raise SLMError(f"checkpoint {path} does not exist; train first or check the path")
+        raise SLMError(f"{what} {path} does not exist; train first or check the path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
-        raise SLMError(f"cannot read checkpoint {path}: permission denied") from None
+        raise SLMError(f"cannot read {what} {path}: permission denied") from None
     except Exception as err:  # garbage bytes fail in many ways (UnpicklingError, KeyError, struct.error, ...)
-        raise SLMError(f"checkpoint {path} is truncated or not a checkpoint ({type(err).__name__}); "
-                       "use another checkpoint (best.pt / last.pt) or retrain") from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise SLMError(f"{path} is not a checkpoint of this course (expected keys {', '.join(REQUIRED_KEYS)})")
+        raise SLMError(f"{what} {path} is truncated or not a {what} ({type(err).__name__}); "
+                       f"use another one or train again") from None
+    if not isinstance(state, dict) or any(key not in state for key in keys):
+        raise SLMError(f"{path} is not a {what} of this course (expected keys {', '.join(keys)})")
     return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    return read_state(path, "checkpoint", REQUIRED_KEYS, map_location)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
