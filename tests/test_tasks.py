@@ -1,0 +1,57 @@
+"""Lesson 13's task: deterministic for a seed, answers exact, train and test sets disjoint."""
+
+import json
+import re
+
+import pytest
+
+from slm_helpers.errors import SLMError
+from slm_helpers.tasks import INSTRUCTION, TEST_PHRASINGS, TRAIN_PHRASINGS, json_extraction
+
+
+def phrasing_of(example) -> str:
+    """The template a sentence was written from (the one whose pattern matches it exactly)."""
+    text = example.prompt.removeprefix(INSTRUCTION)
+    found = [t for t in TRAIN_PHRASINGS + TEST_PHRASINGS
+             if re.fullmatch(re.sub(r"\\\{\w+\\\}", ".+?", re.escape(t)), text)]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+def test_the_same_seed_gives_the_same_examples():
+    assert json_extraction(50, "train", seed=3) == json_extraction(50, "train", seed=3)
+    assert json_extraction(50, "train", seed=3) != json_extraction(50, "train", seed=4)
+    assert json_extraction(50, "train")[:10] == json_extraction(10, "train")  # a prefix, whatever n
+
+
+def test_the_answer_is_the_json_of_fields_found_in_the_text():
+    for example in json_extraction(200, "train") + json_extraction(200, "test"):
+        assert example.prompt.startswith(INSTRUCTION)
+        assert json.loads(example.answer) == example.fields
+        assert list(example.fields) == ["name", "age", "city", "job"]
+        text = example.prompt.removeprefix(INSTRUCTION)
+        fields = example.fields
+        first, age = fields["name"].split()[0], str(fields["age"])
+        assert all(value in text for value in (first, age, fields["city"], fields["job"]))
+        assert not re.search(r"\ba [aeiou]|\ban [^aeiou]", text)  # the article fits the job
+
+
+def test_train_and_test_share_no_name_city_or_phrasing():
+    train, test = json_extraction(2000, "train"), json_extraction(500, "test")
+
+    def parts(examples, key):
+        return {part for e in examples for part in key(e)}
+
+    for key in (lambda e: e.fields["name"].split()[:1], lambda e: e.fields["name"].split()[1:],
+                lambda e: [e.fields["city"]], lambda e: [phrasing_of(e)]):
+        seen, held_out = parts(train, key), parts(test, key)
+        assert seen and held_out and not seen & held_out
+    assert {phrasing_of(e) for e in test} == set(TEST_PHRASINGS)  # every test phrasing is used
+    assert len({e.prompt for e in test}) == len(test)  # no repeats to inflate a score
+
+
+def test_bad_arguments():
+    with pytest.raises(SLMError, match="split must be"):
+        json_extraction(5, "validation")
+    with pytest.raises(SLMError, match="integer >= 0"):
+        json_extraction(-1)
