@@ -69,6 +69,21 @@ def chat_ids(tokenizer, messages) -> list[int]:
     return tokenizer.encode(chat_text(messages, tokenizer.chat_template), allowed_special="all")
 
 
+def training_pair(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """A chat that ends with the assistant's reply, as fine-tuning data: (prompt ids, reply ids).
+
+    The prompt is what the model reads at chat time (``chat_ids`` of the messages before the reply,
+    open assistant turn included); the reply is the text the model should write, then ``<|im_end|>``,
+    so that it learns to stop. Fine-tuning counts the loss on the reply's tokens only
+    (``data.ChatExamples``)."""
+    *prompt, reply = check_messages(messages)
+    if reply["role"] != "assistant" or not prompt:
+        raise SLMError("a training chat ends with the assistant's reply, after at least one message "
+                       "(e.g. a user's question)")
+    end = tokenizer.encode(IM_END, allowed_special="all")
+    return chat_ids(tokenizer, prompt), tokenizer.encode(reply["content"]) + end
+
+
 def reply_stream(model, tokenizer, messages, max_new_tokens: int = 256, options: SamplingOptions | None = None, *,
                  seed: int | None = None, **settings) -> Iterator[str]:
     """Yield the assistant's reply to ``messages``, piece by piece, until it writes ``<|im_end|>``.

@@ -11,7 +11,15 @@ from pretrained_reference import hf_encode, hf_tokenizer, transformers_unusable
 from tiny_gguf import SMOLLM2_CHAT_TEMPLATE, write_tiny_llama
 
 import slm_helpers.chat as chat_module
-from slm_helpers.chat import Chat, chat_ids, chat_text, check_messages, default_system, reply_stream
+from slm_helpers.chat import (
+    Chat,
+    chat_ids,
+    chat_text,
+    check_messages,
+    default_system,
+    reply_stream,
+    training_pair,
+)
 from slm_helpers.errors import SLMError
 from slm_helpers.pretrained import load_pretrained
 from slm_helpers.sampling import SamplingOptions, generate
@@ -266,3 +274,16 @@ def test_chat_refuses_bad_input_at_once(loaded):
         Chat(model, tokenizer, top_p=2.0)
     with pytest.raises(SLMError, match="max_new_tokens"):
         Chat(model, tokenizer, max_new_tokens=-5)
+
+
+def test_a_training_pair_is_the_chat_as_the_model_reads_it(loaded):
+    _, tokenizer = loaded
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    prompt, reply = training_pair(tokenizer, messages)
+    assert prompt == chat_ids(tokenizer, messages[:1])  # what the model reads at chat time
+    whole = chat_text(messages[:1], tokenizer.chat_template) + "Blue.<|im_end|>"
+    assert prompt + reply == tokenizer.encode(whole, allowed_special="all")
+    assert tokenizer.decode(reply) == "Blue.<|im_end|>"  # the reply, and the end marker that stops it
+    for bad in (messages[:1], messages[1:], [*messages, {"role": "user", "content": "And?"}]):
+        with pytest.raises(SLMError, match="ends with the assistant's reply"):
+            training_pair(tokenizer, bad)
