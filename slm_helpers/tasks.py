@@ -11,6 +11,8 @@ no city and no phrasing of the sentence: a model that scores well on the test se
 skill (find the fields, write the format), not the examples. Jobs are shared: they are the fields'
 vocabulary, not the task.
 
+``greedy_matches`` scores a model on such pairs without decoding: one teacher-forced pass per batch.
+
 What it leaves out: any other task; the command line's ``--task`` names this one, ``json``.
 """
 
@@ -20,7 +22,10 @@ import json
 import random
 from dataclasses import dataclass
 
+import torch
+
 from .errors import SLMError
+from .utils import eval_mode
 
 INSTRUCTION = ("Extract the person's name, age, city and job from the text below. Answer with "
                'one line of JSON with the keys "name", "age", "city" and "job", nothing else.\n\n'
@@ -94,3 +99,26 @@ def json_extraction(n: int, split: str = "train", seed: int = 0) -> list[Example
 
 
 TASKS = {"json": json_extraction}
+
+
+@torch.no_grad()
+def greedy_matches(model, pairs, batch_size: int = 8, pad_id: int = 0) -> list[bool]:
+    """For each (prompt ids, reply ids) pair: would greedy decoding write exactly this reply?
+
+    It would if, and only if, every token of the reply is the most likely one given the tokens
+    before it. So one forward pass over prompt + reply ("teacher forcing") decides it, for a whole
+    batch at once, where decoding writes one token per pass. Rows are padded at the end, which a
+    causal model never looks at.
+    """
+    device = next(model.parameters()).device
+    verdicts = []
+    with eval_mode(model):
+        for start in range(0, len(pairs), batch_size):
+            chunk = [(list(p), list(r)) for p, r in pairs[start:start + batch_size]]
+            x = torch.full((len(chunk), max(len(p) + len(r) for p, r in chunk) - 1), pad_id)
+            for row, (prompt, reply) in enumerate(chunk):
+                x[row, :len(prompt) + len(reply) - 1] = torch.tensor((prompt + reply)[:-1])
+            best = model(x.to(device))[0].argmax(dim=-1).cpu()  # (B, T): each greedy choice
+            verdicts += [best[row, len(p) - 1:len(p) - 1 + len(r)].tolist() == r
+                         for row, (p, r) in enumerate(chunk)]
+    return verdicts

@@ -4,9 +4,18 @@ import json
 import re
 
 import pytest
+import torch
 
 from slm_helpers.errors import SLMError
-from slm_helpers.tasks import INSTRUCTION, TEST_PHRASINGS, TRAIN_PHRASINGS, json_extraction
+from slm_helpers.model import GPT, GPTConfig
+from slm_helpers.sampling import generate
+from slm_helpers.tasks import (
+    INSTRUCTION,
+    TEST_PHRASINGS,
+    TRAIN_PHRASINGS,
+    greedy_matches,
+    json_extraction,
+)
 
 
 def phrasing_of(example) -> str:
@@ -55,3 +64,18 @@ def test_bad_arguments():
         json_extraction(5, "validation")
     with pytest.raises(SLMError, match="integer >= 0"):
         json_extraction(-1)
+
+
+def test_greedy_matches_agrees_with_greedy_decoding():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    model = GPT(config).eval()
+    pairs = []
+    for length in (3, 5, 9):  # prompts of different lengths share a padded batch
+        prompt = torch.randint(1, 30, (1, length))
+        reply = generate(model, prompt, 6, temperature=0)[0, length:].tolist()
+        pairs.append((prompt[0].tolist(), reply))
+    wrong = [(p, r[:-1] + [(r[-1] + 1) % 30]) for p, r in pairs]  # the last token is not greedy
+    first_wrong = [(p, [(r[0] + 1) % 30] + r[1:]) for p, r in pairs]
+    verdicts = greedy_matches(model, pairs + wrong + first_wrong, batch_size=4)
+    assert verdicts == [True] * 3 + [False] * 6
