@@ -27,9 +27,7 @@ import torch
 from .errors import SLMError
 from .utils import eval_mode
 
-INSTRUCTION = ("Extract the person's name, age, city and job from the text below. Answer with "
-               'one line of JSON with the keys "name", "age", "city" and "job", nothing else.\n\n'
-               "Text: ")
+INSTRUCTION = 'Give the name, age, city and job in this text as JSON.\n\nText: '
 
 # Each list is cut in two: the first half for training, the second for testing.
 FIRST_NAMES = ["Maria", "James", "Aiko", "Lukas", "Fatima", "Diego", "Ingrid", "Kwame", "Elena",
