@@ -1,7 +1,10 @@
 """train.py: schedule, optimizer groups, a loop that learns, and resuming that is exact bit for bit."""
 
+import importlib.util
+import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer
-from slm_helpers.train import TrainConfig, Trainer, estimate_loss, lr_at, make_optimizer
+from slm_helpers.train import TrainConfig, Trainer, lr_at
 
 POEM = "Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\nLike a diamond.\n\n"
 
@@ -56,39 +59,11 @@ def test_yaml_sections_are_checked_in_one_place(mapping, message):
     assert (cfg.min_lr, cfg.learning_rate) == (0.0, 1e-3) and type(cfg.min_lr) is float
 
 
-def test_optimizer_groups():
-    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
-    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
-    decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    grouped = {id(p) for group in opt.param_groups for p in group["params"]}
-    assert grouped == {id(p) for p in model.parameters()}
-    assert len(decayed["params"]) + len(plain["params"]) == len(grouped)  # the tied matrix only once
-    assert any(p is model.lm_head.weight for p in decayed["params"])
-    # 2-D: wte (= lm_head), wpe, and per block c_attn, attn c_proj, c_fc, mlp c_proj.
-    assert len(decayed["params"]) == 2 + 4 * 2
-    # 1-D: per block two LayerNorms (weight and bias) and four Linear biases; the final LayerNorm.
-    assert len(plain["params"]) == (4 + 4) * 2 + 2
-
-
 def _corpus(text):
     tok = CharTokenizer.from_text(text)
     data = torch.tensor(tok.encode(text))
     n = int(0.9 * len(data))
     return tok, data[:n], data[n:]
-
-
-def test_estimate_loss_is_repeatable_and_leaves_no_trace(poem_text):
-    tok, train, val = _corpus(poem_text)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
-    rng_before = torch.get_rng_state()
-    a = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
-    b = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
-    assert a == b and set(a) == {"train", "val"}
-    assert torch.equal(torch.get_rng_state(), rng_before)  # measuring does not change what training draws
-    assert model.training  # mode restored
 
 
 def test_trainer_learns_a_repetitive_text(poem_text):
@@ -197,3 +172,39 @@ def test_checkpoint_best_val_is_the_best_so_far(runs):
     for name in ("last.pt", "best.pt"):
         state = load_checkpoint(runs["tmp"] / "a" / name)
         assert state["best_val"] == min(h["val"] for h in state["history"]), name
+
+
+# ---------------------------------------------------------------- the same numbers as before the refactor
+
+DATA = Path(__file__).parent / "data"
+
+
+def _recorder():
+    """tests/data/record_train_baseline.py: the runs whose losses the trainer of 0f3426d recorded."""
+    spec = importlib.util.spec_from_file_location("record_train_baseline", DATA / "record_train_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORDED = json.loads((DATA / "train_baseline_0f3426d.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECORDED))
+def test_losses_are_bit_identical_to_the_trainer_before_its_refactor(recipe):
+    recorder = _recorder()
+    trainer = recorder.make(recorder.RECIPES[recipe])
+    history = trainer.fit(progress=False)
+    assert trainer.step_losses == RECORDED[recipe]["step_losses"]  # exact float equality, every step
+    assert [{k: h[k] for k in ("step", "train", "val", "lr")} for h in history] == RECORDED[recipe]["history"]
+
+
+def test_a_checkpoint_of_the_trainer_before_its_refactor_resumes_exactly(tmp_path):
+    """checkpoint_0f3426d.pt: step 3 of 6 of the adamw recipe, written by the old trainer."""
+    recorder = _recorder()
+    trainer = recorder.make(recorder.RECIPES["adamw"], out_dir=tmp_path).resume(DATA / "checkpoint_0f3426d.pt")
+    assert trainer.step == trainer.progress.step == 3 and len(trainer.history) == 2 and len(trainer.step_losses) == 3
+    assert trainer.best_val == min(h["val"] for h in RECORDED["adamw"]["history"][:2]) and trainer.train_seconds > 0
+    history = trainer.fit(progress=False)
+    assert trainer.step_losses == RECORDED["adamw"]["step_losses"]
+    assert [h["val"] for h in history] == [h["val"] for h in RECORDED["adamw"]["history"]]
