@@ -122,9 +122,12 @@ def load_model_state(model, state: dict, trainable_only: bool = False) -> None:
 def lock_run_folder(folder: str | Path):
     """Hold ``folder``'s ``train.lock`` while a run trains there; a second run stops at once with an error
     that names the first one's process. The operating system drops the lock when its process ends,
-    even by a crash, so a lock left behind never blocks; the file is deleted on the way out."""
-    path = Path(folder) / "train.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    even by a crash, so a lock file left behind never blocks; the file is deleted on the way out (and the
+    folder, if this made it and nothing was written in it)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.lock"
     f = open(path, "a+", encoding="utf-8")
     try:
         try:
@@ -142,6 +145,8 @@ def lock_run_folder(folder: str | Path):
             yield path
         finally:
             path.unlink(missing_ok=True)  # while still locked: the next run creates a new file
+            if created and not any(folder.iterdir()):  # a run that failed before writing leaves no folder
+                folder.rmdir()
     finally:
         f.close()  # closing it releases the lock
 
