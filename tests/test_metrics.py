@@ -10,7 +10,7 @@ import torch
 
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers.metrics import MetricsLog, activation_memory, measure_throughput, read_metrics
+from slm_helpers.metrics import MetricsLog, Throughput, activation_memory, measure_throughput, read_metrics
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.plotting import plot_metrics
 from slm_helpers.tokenizers import CharTokenizer
@@ -194,3 +194,15 @@ def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
     trainer.cfg.compile = True  # a compiled model's activations are not measured
     durations = iter([0.25, 0.25])
     assert measure_throughput(trainer, steps=1)["activation_mb"] is None
+
+
+def test_throughput_counts_from_the_last_record_of_each_kind():
+    speed = Throughput(Toy(), "cpu", tokens_per_step=100, devices=2)
+    assert speed.flops_per_token is None and speed.peak_flops is None  # no GPT config, no GPU peak
+    assert speed.since("train", 4, 2.0)["tokens_per_sec"] == pytest.approx(4 * 100 / 2.0)
+    assert speed.since("train", 6, 4.0)["tokens_per_sec"] == pytest.approx(2 * 100 / 2.0)  # since step 4
+    assert speed.since("eval", 6, 4.0)["tokens_per_sec"] == pytest.approx(6 * 100 / 4.0)  # its own count
+    speed.flops_per_token, speed.peak_flops = 1000, 1e5
+    speed.restart(10, 5.0)  # a resumed run
+    m = speed.since("eval", 12, 6.0)
+    assert m["tokens_per_sec"] == pytest.approx(200) and m["mfu"] == pytest.approx(200 * 1000 / (2 * 1e5))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from slm_helpers.checkpoint import load_checkpoint
 from slm_helpers.config import from_mapping
@@ -208,3 +209,74 @@ def test_a_checkpoint_of_the_trainer_before_its_refactor_resumes_exactly(tmp_pat
     history = trainer.fit(progress=False)
     assert trainer.step_losses == RECORDED["adamw"]["step_losses"]
     assert [h["val"] for h in history] == [h["val"] for h in RECORDED["adamw"]["history"]]
+
+
+# ---------------------------------------------------------------- sequence length, chat examples, trainable only
+
+def _tiny_gpt(vocab_size, seed=0, **kwargs):
+    seed_everything(seed)
+    return GPT(GPTConfig(**{**dict(vocab_size=vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                                   dropout=0.0), **kwargs}))
+
+
+def test_the_training_sequence_length_is_a_setting_of_its_own(poem_text):
+    tok, train, val = _corpus(poem_text)
+    cfg = TrainConfig(max_iters=2, batch_size=3, eval_iters=1, eval_interval=2, seq_len=5)
+    trainer = Trainer(_tiny_gpt(tok.vocab_size), train, val, cfg)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    trainer.fit(progress=False)
+    assert seen and set(seen) == {(3, 5)} and trainer.tokens_per_step == 3 * 5
+    assert Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(eval_iters=1)).seq_len == 8  # 0: block_size
+    with pytest.raises(SLMError, match=r"seq_len \(9\) is longer than the model's block_size \(8\)"):
+        Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(seq_len=9))
+    rope = Trainer(_tiny_gpt(tok.vocab_size, position="rope"), train, val, TrainConfig(seq_len=12, eval_iters=1))
+    assert rope.seq_len == 12  # attention slides past block_size
+
+
+def test_chat_examples_train_on_the_replies_only():
+    """The step's loss is the mean cross-entropy of the reply tokens of the examples it drew, nothing else."""
+    from slm_helpers.data import ChatExamples
+
+    examples = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10]), ([3, 3, 3, 3], [11])]
+    train, val = ChatExamples(examples, seq_len=8), ChatExamples(examples[:1], seq_len=8)
+    cfg = TrainConfig(max_iters=30, batch_size=2, grad_accum=2, eval_iters=1, eval_interval=30, learning_rate=1e-2,
+                      warmup_iters=0, seed=3)
+    trainer = Trainer(_tiny_gpt(12), train, val, cfg)
+    reference = _tiny_gpt(12)
+    picks = train.draw(4, torch.Generator().manual_seed(3))
+    x, y = train.batch(picks)
+    logits = reference(x)[0]
+    mine = y != -100
+    assert mine.sum() == sum(len(examples[i][1]) for i in picks.tolist())
+    # two micro-batches of two examples: each the mean over its own reply tokens, then their mean
+    halves = [F.cross_entropy(logits[a:b][mine[a:b]], y[a:b][mine[a:b]]) for a, b in ((0, 2), (2, 4))]
+    assert trainer.train_step() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)
+    trainer.fit(progress=False)
+    assert trainer.step_losses[-1] < trainer.step_losses[0] - 1.0  # it learns the replies
+
+
+def test_a_trainable_only_checkpoint_resumes_onto_its_base_model(poem_text, tmp_path):
+    tok, train, val = _corpus(poem_text)
+
+    def base():
+        model = _tiny_gpt(tok.vocab_size, tie_embeddings=False)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("lm_head", "transformer.h.1.")))
+        return model
+
+    cfg = TrainConfig(max_iters=6, batch_size=4, eval_iters=2, eval_interval=3, learning_rate=1e-2, warmup_iters=1,
+                      trainable_only=True)
+    whole = Trainer(base(), train, val, cfg, tokenizer=tok)
+    whole.fit(progress=False)
+    half = Trainer(base(), train, val, cfg, tokenizer=tok, out_dir=tmp_path)
+    half.fit(3, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["trainable_only"] and all(k.startswith(("lm_head", "transformer.h.1.")) for k in state["model"])
+    resumed = Trainer(base(), train, val, cfg, tokenizer=tok).resume(tmp_path / "last.pt")
+    resumed.fit(progress=False)
+    assert resumed.step_losses == whole.step_losses
+    from slm_helpers.checkpoint import load_model
+
+    with pytest.raises(SLMError, match="only the parameters that trained"):
+        load_model(tmp_path / "last.pt")
