@@ -49,6 +49,8 @@ class MixedPrecision:
     def __init__(self, name: str, device: torch.device | str):
         self.device = torch.device(device)
         self.dtype, self.note = autocast_dtype(name, self.device)
+        # float16 overflows above 65,504 and small gradients underflow to zero: the scaler multiplies
+        # the loss before backward and divides the gradients after, skipping steps that overflowed.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
 
     def autocast(self):
