@@ -77,10 +77,10 @@ def run_flops(run, vocab_size: int) -> float:
     with torch.device("meta"):  # the shapes without the memory
         model = GPT(run.gpt_config(vocab_size))
     t = run.train
-    tokens = t.batch_size * model.block_size
+    tokens = t.batch_size * (t.seq_len or model.block_size)
     evaluations = t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)
     eval_tokens = evaluations * 2 * t.eval_iters * tokens
-    return flops_per_token(model) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
+    return flops_per_token(model, t.seq_len or None) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
 
 
 def estimate_seconds(run, vocab_size: int, peak: float = T4_PEAK_FLOPS, utilisation: float = ASSUMED_T4_MFU) -> float:
