@@ -14,7 +14,7 @@ from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
 from slm_helpers.metrics import PEAK_FLOPS, describe, flops_per_token, mfu, peak_flops
 from slm_helpers.model import GPT, CausalSelfAttention, GPTConfig
-from slm_helpers.precision import autocast_dtype
+from slm_helpers.precision import MixedPrecision, autocast_dtype
 from slm_helpers.tokenizers import CharTokenizer
 from slm_helpers.train import TrainConfig, Trainer
 
@@ -83,6 +83,26 @@ def test_autocast_choices_on_a_gpu(monkeypatch, capability, bf16, expected):
     assert autocast_dtype("float16", gpu) == (torch.float16, None)
     assert autocast_dtype("bfloat16", gpu)[0] is expected
     assert (autocast_dtype("bfloat16", gpu)[1] is None) == bf16  # a note when falling back to float16
+
+
+def test_mixed_precision_is_one_object_with_its_scaler(monkeypatch):
+    plain = MixedPrecision("float32", "cpu")
+    assert plain.dtype is None and not plain.scaler.is_enabled() and plain.state_dict() == {}
+    with plain.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    bf16 = MixedPrecision("bfloat16", "cpu")
+    assert bf16.dtype is torch.bfloat16 and not bf16.scaler.is_enabled()  # float32's range: no scaling
+    with bf16.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert MixedPrecision("float16", "cpu").note.startswith("float16 training needs a CUDA GPU")
+    monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
+    fp16, again = MixedPrecision("float16", "cpu"), MixedPrecision("float16", "cpu")
+    assert fp16.scaler.is_enabled() and fp16.state_dict()["scale"] == 2.0**16
+    fp16.scaler.scale(torch.ones(()))  # the scale is made at its first use
+    fp16.scaler.update(1024.0)
+    again.load_state_dict(fp16.state_dict())
+    again.load_state_dict({})  # an old float32 checkpoint's empty scaler state changes nothing
+    assert again.scaler.get_scale() == 1024.0
 
 
 def test_float16_on_the_cpu_falls_back_to_float32_with_one_line(corpus, capsys):
