@@ -12,7 +12,8 @@
 far as it got) and, at the prompt, quits. With ``--prompt`` it prints only the reply.
 
 Bad input ends the program with one line on stderr and exit status 2, never a traceback; Ctrl-C
-ends it with exit status 130.
+ends it with exit status 130. A second ``train`` into a folder where one is running stops at once
+(``train.lock`` there names the running one's process).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.max_iters=200 (repeatable)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",
-                        help="train for this many seconds (evaluations excluded) instead of max_iters steps; "
+                        help="train for this many seconds (> 0; evaluations excluded) instead of max_iters steps; "
                              "warm-up and decay follow the clock (same as --set train.time_budget=SECONDS)")
     parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
     return parser
@@ -97,15 +98,32 @@ def _unescape(text: str) -> str:
 
 
 def train(args: argparse.Namespace) -> None:
-    from . import distributed
-    from .config import build_trainer, load_config, runs_dir
-    from .device import pick_device, seed_everything
+    import math
+    import os
+    from contextlib import nullcontext
 
+    from .checkpoint import lock_run_folder
+    from .config import load_config, runs_dir
+
+    if args.time_budget is not None and not 0 < args.time_budget < math.inf:
+        raise SLMError(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}; leave it "
+                       "out to train the config's max_iters steps")
     budget = [f"train.time_budget={args.time_budget}"] if args.time_budget is not None else []
     run = load_config(args.preset or args.config, [*args.set, *budget])
     if args.data:  # set as is: through YAML, a path such as "notes #2.txt" would lose its end
         run.data = args.data
     out_dir = Path(args.out or runs_dir() / run.name)
+    # One run per folder: a second one would interleave its checkpoints with the first's. Under torchrun
+    # the processes of one run share it, and the first (RANK 0) holds the lock for all.
+    with lock_run_folder(out_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        _train(args, run, out_dir)
+
+
+def _train(args: argparse.Namespace, run, out_dir: Path) -> None:
+    from . import distributed
+    from .config import build_trainer
+    from .device import pick_device, seed_everything
+
     last = out_dir / "last.pt"
     if args.resume and not last.is_file():
         raise SLMError(f"nothing to resume: {last} does not exist; train without --resume first")

@@ -101,6 +101,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         raise SLMError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise SLMError(f"config file {path} must be a mapping of keys to values")
+    given = {}  # section.key: the override that set it, named in errors instead of the file
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
@@ -115,29 +116,36 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
                                "use section.key=value only for model and train")
             target = target[part]
         target[leaf] = yaml.safe_load(value)
+        given[key.strip()] = f"--set {override}"
     raw.setdefault("name", path.stem)
-    return from_mapping(RunConfig, raw, str(path))
+    return from_mapping(RunConfig, raw, str(path), given=given)
 
 
-def from_mapping(cls, mapping, where: str, prefix: str = ""):
+def from_mapping(cls, mapping, where: str, prefix: str = "", given: dict[str, str] | None = None):
     """A ``cls`` dataclass from a YAML mapping: every key must be one of its fields, of the field's
     type (an int is welcome where a float is meant; a nested dataclass comes from a nested mapping,
-    its keys named ``section.key``). ``where`` names the file in errors. Ranges are for
-    ``cls.__post_init__``. A model section never sets ``vocab_size``: the tokenizer decides it."""
+    its keys named ``section.key``). ``where`` names the file in errors, ``given`` the command-line
+    option that set a ``section.key`` instead. Ranges are for ``cls.__post_init__``. A model section
+    never sets ``vocab_size``: the tokenizer decides it."""
+    given = given or {}
+
+    def origin(key: str) -> str:
+        return f"from {given[prefix + key]}" if prefix + key in given else f"in {where}"
+
     if not isinstance(mapping, dict):
         raise SLMError(f"{prefix.rstrip('.') or 'the config'} in {where} must be a mapping of keys to values, "
                        f"got {mapping!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size"}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise SLMError(f"unknown key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+        raise SLMError(f"unknown key(s) {', '.join(prefix + k for k in unknown)} {origin(unknown[0])}; "
                        f"known keys: {', '.join(prefix + k for k in sorted(fields))}")
     values = {}
     for key, value in mapping.items():
         f = fields[key]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            values[key] = from_mapping(type(default), {} if value is None else value, where, f"{prefix}{key}.")
+            values[key] = from_mapping(type(default), {} if value is None else value, where, f"{prefix}{key}.", given)
             continue
         kind = type(default)
         if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
@@ -147,8 +155,8 @@ def from_mapping(cls, mapping, where: str, prefix: str = ""):
                 pass
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if type(value) is not kind:
-            raise SLMError(f"{prefix}{key} in {where} must be {kind.__name__}, got {value!r}")
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):  # True is an int too
+            raise SLMError(f"{prefix}{key} {origin(key)} must be {kind.__name__}, got {value!r}")
         values[key] = value
     return cls(**values)
 

@@ -5,6 +5,10 @@ of yours) through ``text_blocks``, the package's one reader of text files. The s
 ``data/``; a missing file (TinyStories, or any of them when the package is installed without the
 repository) is downloaded once and checked, by download.py. Left out: tokenizing (tokenizers/,
 tokens.py) and shuffling (text is ordered, so the validation split is its end).
+
+Batches come from a *source*: ``TokenWindows`` (random windows of one token stream, for pretraining)
+or ``ChatExamples`` (whole instruction examples whose prompts are left out of the loss). A source
+``draw``s the examples of a batch from a generator it is given, and cuts out their ``batch``.
 """
 
 from __future__ import annotations
@@ -215,3 +219,73 @@ def batch_at(data, starts: torch.Tensor, block_size: int,
     else:
         windows = windows.to(device)
     return windows[:, :-1], windows[:, 1:]
+
+
+# F.cross_entropy's default ignore_index: a target equal to it adds nothing to the loss (nor its mean's count).
+IGNORE_INDEX = -100
+
+
+class TokenWindows:
+    """Batch source: random windows of ``seq_len`` tokens of one token stream (``data``: a 1-D LongTensor
+    or a ``tokens.TokenFile``), as ``get_batch`` draws them. ``name`` names the split in errors."""
+
+    def __init__(self, data, seq_len: int, name: str = "this"):
+        if len(data) < seq_len + 1:
+            raise SLMError(f"the {name} split has {len(data):,} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
+                           "use more text or a smaller block_size (or train.seq_len)")
+        self.data, self.seq_len = data, seq_len
+
+    def __len__(self) -> int:
+        return len(self.data)  # tokens
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The starts of ``n`` random windows."""
+        return torch.randint(len(self.data) - self.seq_len, (n,), generator=generator)
+
+    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows that begin at ``picks`` (x) and the same shifted by one token (y)."""
+        return batch_at(self.data, picks, self.seq_len, device)
+
+
+class ChatExamples:
+    """Batch source for instruction tuning: each example a (prompt ids, reply ids) pair, e.g. a question
+    in a chat template and its answer. A row of a batch is one example, prompt then reply, cut to
+    ``seq_len + 1`` tokens and padded with ``pad_id``; its targets are ``IGNORE_INDEX`` where they are
+    prompt tokens or padding, so the model learns to write the replies, not to predict the prompts."""
+
+    def __init__(self, examples, seq_len: int, *, pad_id: int = 0, name: str = "this"):
+        self.examples = [(list(map(int, prompt)), list(map(int, reply))) for prompt, reply in examples]
+        if not self.examples:
+            raise SLMError(f"the {name} split has no examples; give it (prompt ids, reply ids) pairs")
+        for i, (prompt, reply) in enumerate(self.examples):
+            if not prompt or not reply or len(prompt) > seq_len:
+                raise SLMError(f"example {i} of the {name} split has a prompt of {len(prompt)} and a reply of "
+                               f"{len(reply)} tokens; each needs both, and the prompt at most seq_len = {seq_len}")
+        self.seq_len, self.pad_id = seq_len, pad_id
+
+    def __len__(self) -> int:
+        return sum(len(prompt) + len(reply) for prompt, reply in self.examples)  # tokens
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The indices of ``n`` random examples."""
+        return torch.randint(len(self.examples), (n,), generator=generator)
+
+    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.full((len(picks), self.seq_len), self.pad_id, dtype=torch.long)
+        y = torch.full((len(picks), self.seq_len), IGNORE_INDEX, dtype=torch.long)
+        for row, i in enumerate(picks.tolist()):
+            prompt, reply = self.examples[i]
+            ids = torch.tensor((prompt + reply)[:self.seq_len + 1])
+            x[row, :len(ids) - 1], y[row, :len(ids) - 1] = ids[:-1], ids[1:]
+            y[row, :len(prompt) - 1] = IGNORE_INDEX  # the targets that are prompt tokens: the reply's first is kept
+        return x.to(device), y.to(device)
+
+
+def as_source(data, seq_len: int, name: str = "this"):
+    """``data`` as a batch source: itself if it is one (of ``seq_len`` tokens), else its ``TokenWindows``."""
+    if not hasattr(data, "draw"):
+        return TokenWindows(data, seq_len, name)
+    if data.seq_len != seq_len:
+        raise SLMError(f"the {name} split's examples are {data.seq_len} tokens long but training uses seq_len = "
+                       f"{seq_len}; make them alike")
+    return data

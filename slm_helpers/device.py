@@ -79,7 +79,7 @@ def supports_bf16(device: torch.device | str) -> bool:
     Older GPUs (T4, V100) only emulate bfloat16 and get float16 instead. Apple silicon computes
     bfloat16 on macOS 14 or later, but autocast on MPS is recent in PyTorch and not a dependable
     speed-up for models this small, so the course trains in float32 there. CPUs compute bfloat16
-    correctly but, without AMX units, slower than float32. ``train.autocast_dtype`` follows this answer.
+    correctly but, without AMX units, slower than float32. ``precision.autocast_dtype`` follows this answer.
     """
     device = torch.device(device)
     if device.type == "cuda":  # native bf16 arrived with Ampere (compute capability 8); older GPUs emulate it

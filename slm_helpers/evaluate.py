@@ -7,6 +7,8 @@
 - bits per byte = all the bits the model needs for the text / the text's UTF-8 bytes. Only this
   one compares models whose tokenizers differ: a BPE token stands for several bytes, so its loss
   per token is higher than a character model's for the same quality.
+
+``estimate_loss`` is the trainer's quick measure during training: the mean loss of a few random batches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import as_source
 from .errors import SLMError
 from .utils import eval_mode
 
@@ -119,3 +122,24 @@ def evaluate_text(model, tokenizer, text: str, **kwargs) -> Evaluation:
     """Loss, perplexity and bits per byte of ``model`` on ``text`` (keywords: see ``split_loss``)."""
     ids = tokenizer.encode(text)
     return evaluate_ids(model, ids, scored_bytes(tokenizer, text, ids), **kwargs)
+
+
+@torch.no_grad()
+def estimate_loss(model, splits: dict, *, batch_size: int, block_size: int,
+                  eval_iters: int, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, float]:
+    """Mean loss over ``eval_iters`` random batches of each split, in eval mode (no dropout). A split is
+    a token stream (windows of ``block_size`` tokens) or a batch source (data.py).
+
+    It draws from its own generator seeded with ``seed``, so measuring never changes what training sees.
+    """
+    out = {}
+    with eval_mode(model):
+        for name, data in splits.items():
+            source = as_source(data, block_size, name)
+            generator = torch.Generator().manual_seed(seed)
+            losses = torch.empty(eval_iters)
+            for i in range(eval_iters):
+                x, y = source.batch(source.draw(batch_size, generator), device)
+                losses[i] = model(x, y)[1].item()
+            out[name] = losses.mean().item()
+    return out

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from .data import get_batch
 from .errors import SLMError
 
 # Dense bfloat16/float16 tensor-core peaks from NVIDIA's data sheets, in FLOP/s, matched against
@@ -50,16 +49,17 @@ def peak_flops(device: torch.device | str) -> float | None:
     return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, name)), None)
 
 
-def flops_per_token(model) -> int:
+def flops_per_token(model, seq_len: int | None = None) -> int:
     """Training FLOPs per token of a GPT: 6N + 12·L·H·Q·T (the PaLM paper's appendix B, as in nanoGPT).
 
     6N: each parameter does a multiply and an add per token (2 FLOPs) forward and twice that backward.
     12·L·H·Q·T: attention's own matrix multiplies (scores and weighted sum), which have no parameters;
-    L layers, H heads of Q dimensions, T tokens of context. N is ``num_params()``: the token embedding
-    counts (it is also the output layer), the position embedding does not (a lookup, no multiplies).
+    L layers, H heads of Q dimensions, T tokens of context (``seq_len``, default ``block_size``). N is
+    ``num_params()``: the token embedding counts (it is also the output layer), the position embedding
+    does not (a lookup, no multiplies).
     """
     c = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (seq_len or c.block_size)
 
 
 # Colab's free GPU, from the table above. Small models reach only a fraction of its peak; the fraction
@@ -77,10 +77,10 @@ def run_flops(run, vocab_size: int) -> float:
     with torch.device("meta"):  # the shapes without the memory
         model = GPT(run.gpt_config(vocab_size))
     t = run.train
-    tokens = t.batch_size * model.block_size
+    tokens = t.batch_size * (t.seq_len or model.block_size)
     evaluations = t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)
     eval_tokens = evaluations * 2 * t.eval_iters * tokens
-    return flops_per_token(model) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
+    return flops_per_token(model, t.seq_len or None) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
 
 
 def estimate_seconds(run, vocab_size: int, peak: float = T4_PEAK_FLOPS, utilisation: float = ASSUMED_T4_MFU) -> float:
@@ -102,6 +102,43 @@ def throughput(steps: int, seconds: float, tokens_per_step: int, flops_per_token
     """Tokens per second and MFU of ``steps`` steps that took ``seconds`` (None for either when unknown)."""
     tokens_per_sec = steps * tokens_per_step / seconds if steps and seconds > 0 else None
     return {"tokens_per_sec": tokens_per_sec, "mfu": mfu(tokens_per_sec, flops_per_token, peak, devices)}
+
+
+class Throughput:
+    """A run's speed bookkeeping: tokens/s and MFU since the last record of each kind ("eval", "train").
+
+    ``tokens_per_step`` counts every micro-batch of every process; ``devices`` is their number. The FLOPs
+    per token are known for models with a GPT ``config``, the peak for the GPUs of ``PEAK_FLOPS``."""
+
+    def __init__(self, model, device: torch.device | str, tokens_per_step: int, devices: int = 1,
+                 seq_len: int | None = None):
+        self.flops_per_token = flops_per_token(model, seq_len) if hasattr(model, "config") else None
+        self.peak_flops = peak_flops(device)
+        self.tokens_per_step, self.devices = tokens_per_step, devices
+        self.restart(0, 0.0)
+
+    def restart(self, step: int, seconds: float) -> None:
+        """Count from ``step`` at ``seconds`` of training for every kind (a new or resumed run)."""
+        self._last = {"eval": (step, seconds), "train": (step, seconds)}
+
+    def since(self, kind: str, step: int, seconds: float) -> dict:
+        """Tokens/s and MFU since the last record of ``kind``, which this one becomes."""
+        last_step, last_seconds = self._last[kind]
+        self._last[kind] = (step, seconds)
+        return throughput(step - last_step, seconds - last_seconds, self.tokens_per_step, self.flops_per_token,
+                          self.peak_flops, self.devices)
+
+
+def describe(entry: dict) -> str:
+    """One line for an evaluation: losses, perplexity and speed, each where ``entry`` has it."""
+    losses = ", ".join(f"{split} {entry[split]:.4f}" for split in ("train", "val") if split in entry)
+    line = f"step {entry['step']:>6}: {losses}"
+    if entry.get("val_ppl") is not None:
+        line += f" (perplexity {entry['val_ppl']:.1f})"
+    if entry.get("tokens_per_sec"):
+        share = f"{entry['mfu']:.1%}" if entry.get("mfu") is not None else "n/a"
+        line += f", {entry['tokens_per_sec']:,.0f} tokens/s, MFU {share}"
+    return line
 
 
 class MetricsLog:
@@ -216,15 +253,16 @@ def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
     for _ in range(steps):
         trainer.train_step()
     seconds = trainer.train_seconds - start
-    speed = throughput(steps, seconds, trainer.tokens_per_step, trainer.flops_per_token, trainer.peak_flops,
+    per_token = trainer.speed.flops_per_token
+    speed = throughput(steps, seconds, trainer.tokens_per_step, per_token, trainer.speed.peak_flops,
                        trainer.world_size)
     activations = None
     if not trainer.cfg.compile:
-        x, y = get_batch(trainer.splits["train"], trainer.cfg.batch_size, trainer.block_size, trainer.device)
-        activations = activation_memory(trainer.model, x, y, trainer.autocast())
+        source = trainer.sources["train"]
+        x, y = source.batch(source.draw(trainer.cfg.batch_size), trainer.device)
+        activations = activation_memory(trainer.model, x, y, trainer.amp.autocast())
     return {**speed,
-            "model_tflops": speed["tokens_per_sec"] * trainer.flops_per_token / 1e12 if trainer.flops_per_token
-            else None,
+            "model_tflops": speed["tokens_per_sec"] * per_token / 1e12 if per_token else None,
             "ms_per_step": 1000 * seconds / steps,
             "activation_mb": activations / 2**20 if activations is not None else None,
             "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None}

@@ -9,7 +9,8 @@ steps of a Newton-Schulz iteration approximate it with a few matrix products (``
 Muon is for the 2-D weights inside the blocks. Embeddings are lookups, not linear maps, the output
 layer's rows are scored one against another, and gains are vectors: AdamW keeps those.
 ``MuonAdamW`` is one optimizer holding both kinds of group, so the trainer, the gradient scaler and
-checkpoints treat it like any other.
+checkpoints treat it like any other. ``make_optimizer`` sorts a model's parameters by the kind of
+module that holds them (``param_kinds``) and builds the trainer's optimizer: AdamW, or Muon and AdamW.
 
 What it leaves out: the distributed version (each process orthogonalising its share of the matrices)
 and Nesterov-free momentum. ``torch.optim.Muon`` (torch 2.9+) computes the same Muon update; the
@@ -19,8 +20,15 @@ tests check the two agree.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn as nn
+
+from .errors import SLMError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 # Coefficients of the quintic a·x + b·x³ + c·x⁵ that pushes every singular value towards 1 fastest.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -70,7 +78,7 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__(groups, defaults)
         for group in self.param_groups:
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
-                raise ValueError("Muon updates 2-D weight matrices only; give other parameters to AdamW groups")
+                raise SLMError("Muon updates 2-D weight matrices only; give other parameters to AdamW groups")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,3 +116,68 @@ class MuonAdamW(torch.optim.Optimizer):
         denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.addcdiv_(state["exp_avg"], denominator, value=-step_size)
+
+
+def param_kinds(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable parameters of ``model`` by the module that holds them, each once (a tied matrix
+    under the module that comes first, the token embedding), in ``model.parameters()`` order:
+
+    - ``embedding``: the weights of ``nn.Embedding`` lookups (tokens, positions);
+    - ``hidden``: the weight matrices inside the transformer blocks (``model.Block``), ``nn.Linear``'s;
+    - ``matrix``: the other weight matrices (an output layer of its own);
+    - ``vector``: what only scales or shifts (1-D): norms' gains and biases, Linear's biases."""
+    from .model import Block
+
+    in_blocks = {id(p) for module in model.modules() if isinstance(module, Block) for p in module.parameters()}
+    kinds: dict[str, list[nn.Parameter]] = {"embedding": [], "hidden": [], "matrix": [], "vector": []}
+    seen: set[int] = set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(module, nn.Embedding):
+                kind = "embedding"
+            elif p.dim() < 2:  # a norm's gain or bias, a Linear's bias
+                kind = "vector"
+            else:  # nn.Linear's weight (and any other matrix)
+                kind = "hidden" if id(p) in in_blocks else "matrix"
+            kinds[kind].append(p)
+    return kinds
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the weight matrices and embeddings only: decaying biases, LayerNorm
+    gains or (1-D) scales would pull them towards zero for no benefit.
+
+    New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
+    ``muon_lr``, the embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
+    Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them together."""
+    kinds = param_kinds(model)
+    if cfg.optimizer == "adamw":
+        decayed = _in_model_order(model, kinds, "embedding", "hidden", "matrix")
+        groups = [{"params": decayed, "weight_decay": cfg.weight_decay},
+                  {"params": kinds["vector"], "weight_decay": 0.0}]
+        # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                 fused=device.type == "cuda")
+    if cfg.optimizer != "muon":
+        raise SLMError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
+    embedding_scale = (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate
+    groups = [
+        {"params": kinds["hidden"], "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
+        {"params": kinds["embedding"], "lr_scale": embedding_scale, "weight_decay": cfg.weight_decay},
+        {"params": kinds["matrix"], "weight_decay": cfg.weight_decay},
+        {"params": kinds["vector"], "weight_decay": 0.0},
+    ]
+    # bfloat16 Newton-Schulz on GPUs (tensor cores); CPUs without bfloat16 units are faster in float32.
+    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, momentum=cfg.muon_momentum,
+                     ns_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                     betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
+def _in_model_order(model: nn.Module, kinds: dict, *names: str) -> list[nn.Parameter]:
+    """The parameters of the kinds ``names``, in ``model.parameters()`` order (a checkpoint's optimizer
+    state is matched to the parameters by position)."""
+    wanted = {id(p) for name in names for p in kinds[name]}
+    return [p for p in model.parameters() if id(p) in wanted]

@@ -59,9 +59,9 @@ class LivePlot:
         if not history:
             return
         if not self.notebook:
-            last = history[-1]
-            print(f"step {last['step']:>6}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in last.items() if k in ("train", "val")))
+            from .metrics import describe
+
+            print(describe(history[-1]))
             return
         from IPython.display import display
 

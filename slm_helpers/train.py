@@ -11,6 +11,10 @@ distributed.py), the metrics log and Weights & Biases (``log_interval``, ``wandb
 evaluation records tokens per second and, on known GPUs, the model FLOPs utilisation (metrics.py).
 Lesson 11's recipe adds the Muon optimizer (``optimizer``, optim.py), a warmup-stable-decay schedule
 (``schedule``) and runs measured in seconds instead of steps (``time_budget``).
+
+The pieces live beside their kind: the optimizer's parameter groups in optim.py, mixed precision in
+precision.py, batches in data.py (a source: windows of a token stream, or chat examples), the loss
+estimate in evaluate.py, speed in metrics.py, random states and config checks in checkpoint.py.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,15 +32,24 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import batch_at, get_batch
-from .device import supports_bf16
+from .checkpoint import (
+    check_model_config,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .data import as_source
 from .errors import SLMError
-from .metrics import MetricsLog, flops_per_token, peak_flops, throughput
-from .optim import MuonAdamW
-from .utils import eval_mode
+from .evaluate import estimate_loss
+from .metrics import MetricsLog, Throughput, describe
+from .optim import make_optimizer
+from .precision import DTYPES, MixedPrecision, autocast_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["TrainConfig", "Trainer", "Progress", "lr_at", "describe", "estimate_loss", "make_optimizer",
+           "autocast_dtype"]  # the last four live in metrics, evaluate, optim and precision; here for old imports
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 
@@ -72,13 +85,16 @@ class TrainConfig:
     cooldown: float = 0.5  # wsd: the fraction of the run that decays
     time_budget: float = 0.0  # > 0: train for this many seconds (evaluations excluded), not max_iters steps,
     #                           and the schedule follows the clock, so a run cut by time still anneals
+    seq_len: int = 0  # tokens per training sequence; 0: the model's block_size (a real Llama's is 8,192)
+    trainable_only: bool = False  # checkpoints hold only the parameters that train (a frozen base model's fine-tune)
 
     def __post_init__(self):  # ranges; types are checked where a YAML file is read (config.from_mapping)
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "grad_accum"):
             if getattr(self, name) < 1:
                 raise SLMError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
-        if self.log_interval < 0:
-            raise SLMError(f"TrainConfig.log_interval must be >= 0 (0: no per-step log), got {self.log_interval}")
+        for name in ("log_interval", "seq_len"):  # 0: no per-step log; the model's block_size
+            if getattr(self, name) < 0:
+                raise SLMError(f"TrainConfig.{name} must be >= 0 (0: the default), got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1 or not 0 <= self.min_lr <= self.learning_rate:
             raise SLMError(f"need 0 < learning_rate < 1 and 0 <= min_lr <= learning_rate, "
                            f"got learning_rate={self.learning_rate}, min_lr={self.min_lr}")
@@ -116,151 +132,93 @@ def lr_at(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
     return cfg.min_lr + share * (cfg.learning_rate - cfg.min_lr)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: decaying biases, LayerNorm gains or (1-D) scales
-    would pull them towards zero for no benefit.
-
-    New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
-    ``muon_lr``, the token embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
-    Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them together."""
-    if cfg.optimizer == "adamw":
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                                 fused=device.type == "cuda")
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # a tied matrix once, as wte
-    hidden = [p for name, p in named if p.dim() == 2 and ".h." in f".{name}"]
-    embeddings = [p for name, p in named if name.startswith(("transformer.wte", "transformer.wpe"))]
-    matrices = [p for name, p in named if p.dim() >= 2 and not any(p is q for q in hidden + embeddings)]
-    vectors = [p for name, p in named if p.dim() < 2]
-    embedding_scale = (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate
-    groups = [
-        {"params": hidden, "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
-        {"params": embeddings, "lr_scale": embedding_scale, "weight_decay": cfg.weight_decay},
-        {"params": matrices, "weight_decay": cfg.weight_decay},
-        {"params": vectors, "weight_decay": 0.0},
-    ]
-    # bfloat16 Newton-Schulz on GPUs (tensor cores); CPUs without bfloat16 units are faster in float32.
-    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, momentum=cfg.muon_momentum,
-                     ns_dtype=torch.bfloat16 if device.type == "cuda" else None,
-                     betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint saves besides the weights, the optimizer and the random states."""
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    step_losses: list[float] = field(default_factory=list)  # the training loss of every step
+    best_val: float = math.inf
+    train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
 
 
-def autocast_dtype(name: str, device: torch.device) -> tuple[torch.dtype | None, str | None]:
-    """The 16-bit type to autocast to on ``device`` (None: plain float32), and a note when the request
-    cannot be met as asked.
+class _InProgress:
+    """``trainer.step`` and the like: read and written through to ``trainer.progress``."""
 
-    bfloat16 keeps float32's range, so it needs no loss scaling; GPUs before Ampere (T4, V100) only
-    emulate it and get float16 instead. float16 needs a CUDA GPU here (its gradient scaler and fast kernels);
-    elsewhere training falls back to float32. On a CPU bfloat16 is computed correctly, but only CPUs
-    with bfloat16 units (AMX, AVX512-BF16) are faster for it; "auto" keeps float32 there.
-    """
-    if name == "auto":
-        name = ("bfloat16" if supports_bf16(device) else "float16") if device.type == "cuda" else "float32"
-    if name == "float32":
-        return None, None
-    if device.type == "cuda":
-        if name == "bfloat16" and not supports_bf16(device):  # emulated there: slower than float16
-            return torch.float16, "this GPU has no native bfloat16: training in float16 with a gradient scaler"
-        return DTYPES[name], None
-    if device.type == "cpu" and name == "bfloat16":
-        return torch.bfloat16, None
-    return None, f"{name} training needs a CUDA GPU: training in float32 on {device.type}"
+    def __set_name__(self, owner, name: str):
+        self.name = name
 
+    def __get__(self, trainer, owner=None):
+        return self if trainer is None else getattr(trainer.progress, self.name)
 
-@torch.no_grad()
-def estimate_loss(model: nn.Module, splits: dict, *, batch_size: int, block_size: int,
-                  eval_iters: int, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, float]:
-    """Mean loss over ``eval_iters`` random batches of each split, in eval mode (no dropout).
-
-    It draws from its own generator seeded with ``seed``, so measuring never changes what training sees.
-    """
-    out = {}
-    with eval_mode(model):
-        for name, data in splits.items():
-            generator = torch.Generator().manual_seed(seed)
-            losses = torch.empty(eval_iters)
-            for i in range(eval_iters):
-                x, y = get_batch(data, batch_size, block_size, device, generator)
-                losses[i] = model(x, y)[1].item()
-            out[name] = losses.mean().item()
-    return out
+    def __set__(self, trainer, value) -> None:
+        setattr(trainer.progress, self.name, value)
 
 
 class Trainer:
     """Trains a language model (anything called as ``model(x, y) -> (logits, loss)``).
 
-    ``train_data`` and ``val_data`` are 1-D LongTensors of token ids or ``tokens.TokenFile``s on disk.
-    ``fit`` evaluates every ``eval_interval`` steps; with an ``out_dir`` it writes ``last.pt`` after
-    every evaluation, ``best.pt`` whenever the validation loss improves, and ``metrics.jsonl``.
+    ``train_data`` and ``val_data`` are 1-D LongTensors of token ids, ``tokens.TokenFile``s on disk, or
+    batch sources (data.py: ``ChatExamples`` for instruction tuning). ``fit`` evaluates every
+    ``eval_interval`` steps; with an ``out_dir`` it writes ``last.pt`` after every evaluation,
+    ``best.pt`` whenever the validation loss improves, and ``metrics.jsonl``.
     Under torchrun (see distributed.py) it trains with DDP; only rank 0 writes and prints.
     """
 
+    # trainer.step and the like: the fields of trainer.progress, read and written through.
+    step, history, step_losses, best_val, train_seconds = (_InProgress() for _ in fields(Progress))
+
     def __init__(self, model: nn.Module, train_data, val_data, cfg: TrainConfig,
                  *, tokenizer=None, out_dir: str | Path | None = None, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+        self.device, self.cfg, self.tokenizer = torch.device(device), cfg, tokenizer
         self.model = model.to(self.device)
-        self.block_size = model.block_size
+        self.seq_len = _seq_len(model, cfg)
         self.splits = {"train": train_data, "val": val_data}
-        self.cfg = cfg
-        self.tokenizer = tokenizer
+        self.sources = {name: as_source(data, self.seq_len, name) for name, data in self.splits.items()}
         self.run: dict | None = None  # the preset and data it trains on, when config.build_trainer made it
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
-        if cfg.grad_accum % self.world_size:
-            raise SLMError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes "
-                           f"({self.world_size}): each process does the same number of micro-batches")
-        self.micro_steps = cfg.grad_accum // self.world_size  # this process's share of each step
-        self.amp_dtype, note = autocast_dtype(cfg.dtype, self.device)
-        if note and self.is_main:
-            print(f"note: {note}")
-        # float16 overflows above 65,504 and small gradients underflow to zero: the scaler multiplies
-        # the loss before backward and divides the gradients after, skipping steps that overflowed.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        if hasattr(model, "set_fused_attention"):  # the GPT; the small models of lessons 2-4 have one path
-            model.set_fused_attention(cfg.fused_attention)
+        self.micro_steps = _micro_steps(cfg.grad_accum, self.world_size)  # this process's share of each step
+        self.amp = MixedPrecision(cfg.dtype, self.device)
+        if self.amp.note and self.is_main:
+            print(f"note: {self.amp.note}")
         self.optimizer = make_optimizer(model, cfg, self.device)
-        # Two handles, as in nanoGPT: self.model is the plain module (its state_dict, its config), and
-        # self.train_model runs the steps and evaluations, compiled and wrapped in DDP when asked for.
-        self.train_model = torch.compile(model) if cfg.compile else model
-        if self.world_size > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.batches = torch.Generator().manual_seed(cfg.seed)  # which windows training sees
-        self.step = 0
-        self.history: list[dict] = []  # one entry per evaluation
-        self.step_losses: list[float] = []  # the training loss of every step
-        self.best_val = math.inf
-        self.train_seconds = 0.0  # time spent in training steps (evaluation excluded)
+        self.train_model = self._train_model()
+        self.batches = torch.Generator().manual_seed(cfg.seed)  # which examples training sees
+        self.progress = Progress()
         self.grad_norm: float | None = None  # of the last step, before clipping (None without clipping)
-        self._last_logged = {"eval": (0, 0.0), "train": (0, 0.0)}  # (step, train_seconds) at the last record
-        self.flops_per_token = flops_per_token(model) if hasattr(model, "config") else None
-        self.peak_flops = peak_flops(self.device)
-        self.metrics = MetricsLog(
+        self.speed = Throughput(model, self.device, self.tokens_per_step, self.world_size, self.seq_len)
+        self.metrics = self._metrics_log()
+
+    def _train_model(self) -> nn.Module:
+        """Two handles, as in nanoGPT: self.model is the plain module (its state_dict, its config), and
+        the one returned runs the steps and evaluations, compiled and wrapped in DDP when asked for."""
+        if hasattr(self.model, "set_fused_attention"):  # the GPT; the small models of lessons 2-4 have one path
+            self.model.set_fused_attention(self.cfg.fused_attention)
+        train_model = torch.compile(self.model) if self.cfg.compile else self.model
+        if self.world_size > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return train_model
+
+    def _metrics_log(self) -> MetricsLog:
+        config = self.model.config.to_dict() if hasattr(self.model, "config") else {}
+        return MetricsLog(
             self.out_dir / "metrics.jsonl" if self.out_dir is not None and self.is_main else None,
-            wandb_project=cfg.wandb_project if cfg.wandb and self.is_main else None,
+            wandb_project=self.cfg.wandb_project if self.cfg.wandb and self.is_main else None,
             run_name=self.out_dir.name if self.out_dir is not None else None,
-            run_config={"train": cfg.to_dict(), "model": model.config.to_dict() if hasattr(model, "config") else {}})
-        for name, data in self.splits.items():  # fail now, not after the first evaluation
-            if len(data) < self.block_size + 1:
-                raise SLMError(f"the {name} split has {len(data):,} tokens, fewer than block_size + 1 = "
-                               f"{self.block_size + 1}; use more text or a smaller block_size")
+            run_config={"train": self.cfg.to_dict(), "model": config})
 
     @property
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step, over all micro-batches and processes."""
-        return self.cfg.batch_size * self.block_size * self.cfg.grad_accum
+        return self.cfg.batch_size * self.seq_len * self.cfg.grad_accum
 
-    def autocast(self):
-        """Run the enclosed forward passes in the mixed-precision type (a no-op for float32)."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The mixed-precision type (None: float32)."""
+        return self.amp.dtype
 
     # ------------------------------------------------------------------ the loop
 
@@ -290,7 +248,7 @@ class Trainer:
             if self.cfg.log_interval and self.step % self.cfg.log_interval == 0:
                 self.metrics.write({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
                                     "grad_norm": self.grad_norm, "tokens": self.step * self.tokens_per_step,
-                                    **self._speed_since("train")})
+                                    **self.speed.since("train", self.step, self.train_seconds)})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.close()
@@ -317,31 +275,31 @@ class Trainer:
         lr = self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        B, T, data = self.cfg.batch_size, self.block_size, self.splits["train"]
-        # Every process draws the start of every window of the step from the same generator, then keeps
-        # its own share: the run sees the same data whatever the number of processes, and resumes exactly.
-        starts = torch.randint(len(data) - T, (self.cfg.grad_accum * B,), generator=self.batches)
-        mine = starts.view(self.cfg.grad_accum, B)[self.rank * self.micro_steps:(self.rank + 1) * self.micro_steps]
+        source = self.sources["train"]  # windows of the token stream, or chat examples (data.py)
+        # Every process draws every example of the step from the same generator, then keeps its own
+        # share: the run sees the same data whatever the number of processes, and resumes exactly.
+        picks = source.draw(self.cfg.grad_accum * self.cfg.batch_size, self.batches)
+        mine = picks.view(self.cfg.grad_accum, -1)[self.rank * self.micro_steps:(self.rank + 1) * self.micro_steps]
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i, micro in enumerate(mine):
-            x, y = batch_at(data, micro, T, self.device)
+            x, y = source.batch(micro, self.device)
             # DDP averages gradients across processes after each backward; only the last micro-step needs it.
             last = i == self.micro_steps - 1
             with nullcontext() if last or self.world_size == 1 else self.train_model.no_sync():
-                with self.autocast():
+                with self.amp.autocast():
                     _, loss = self.train_model(x, y)
                 # The gradients of the micro-batches add up; dividing each loss makes their sum the
                 # gradient of the mean loss over the whole batch, as one big batch would give.
                 loss = loss / self.micro_steps
-                self.scaler.scale(loss).backward()
+                self.amp.scaler.scale(loss).backward()
             total += loss.detach()
         norm = None
         if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            self.amp.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)  # the norm before clipping
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.amp.scaler.step(self.optimizer)
+        self.amp.scaler.update()
         if self.world_size > 1:  # report the loss of the whole batch, not of this process's share
             dist.all_reduce(total)
             total /= self.world_size
@@ -351,22 +309,15 @@ class Trainer:
         self.train_seconds += time.perf_counter() - start
         return self.step_losses[-1]
 
-    def _speed_since(self, kind: str) -> dict:
-        """Tokens/s and MFU since the last record of ``kind`` ("eval" or "train"), which this one becomes."""
-        step, seconds = self._last_logged[kind]
-        self._last_logged[kind] = (self.step, self.train_seconds)
-        return throughput(self.step - step, self.train_seconds - seconds, self.tokens_per_step,
-                          self.flops_per_token, self.peak_flops, self.world_size)
-
     def _evaluate(self) -> None:
-        with self.autocast():
-            losses = estimate_loss(self.train_model, self.splits, batch_size=self.cfg.batch_size,
-                                   block_size=self.block_size, eval_iters=self.cfg.eval_iters, device=self.device,
+        with self.amp.autocast():
+            losses = estimate_loss(self.train_model, self.sources, batch_size=self.cfg.batch_size,
+                                   block_size=self.seq_len, eval_iters=self.cfg.eval_iters, device=self.device,
                                    seed=self.cfg.seed + self.step)
         perplexity = math.exp(losses["val"]) if losses["val"] < 700 else math.inf  # exp overflows past 709
         self.history.append({"step": self.step, **losses, "val_ppl": perplexity, "lr": self.lr,
                              "tokens": self.step * self.tokens_per_step, "seconds": round(self.train_seconds, 2),
-                             **self._speed_since("eval")})
+                             **self.speed.since("eval", self.step, self.train_seconds)})
         improved = losses["val"] < self.best_val
         self.best_val = min(self.best_val, losses["val"])  # before saving: the checkpoints hold the new best
         self.metrics.write({"kind": "eval", **self.history[-1]})
@@ -380,45 +331,26 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(),
+            "model": model_state(self.model, self.cfg.trainable_only),
+            "trainable_only": self.cfg.trainable_only,
             "model_config": self.model.config.to_dict(),
             "train_config": self.cfg.to_dict(),
             "run": self.run,
             "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),  # float16's current loss scale; empty otherwise
-            "step": self.step,
-            "history": self.history,
-            "step_losses": self.step_losses,
-            "best_val": self.best_val,
-            "train_seconds": self.train_seconds,
-            "rng": {
-                "batches": self.batches.get_state(),
-                "torch": torch.get_rng_state(),  # dropout draws from here
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "scaler": self.amp.state_dict(),
+            **asdict(self.progress),  # step, history, step_losses, best_val, train_seconds
+            "rng": rng_state(self.batches),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        expected = self.model.config.to_dict()
-        saved = type(self.model.config)(**state["model_config"]).to_dict()  # fields added since take their defaults
-        if saved != expected:
-            diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-            raise SLMError("checkpoint was trained with a different model config ("
-                           + ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
-                           + "); resume with the same preset, or train into a new --out folder")
-        self.model.load_state_dict(state["model"])
+        check_model_config(self.model, state["model_config"])
+        load_model_state(self.model, state["model"], state.get("trainable_only", False))
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.history = state["step"], state["history"]
-        self.step_losses, self.best_val = state["step_losses"], state["best_val"]
-        self.train_seconds = state["train_seconds"]
-        self._last_logged = {"eval": (self.step, self.train_seconds), "train": (self.step, self.train_seconds)}
-        self.batches.set_state(state["rng"]["batches"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.amp.load_state_dict(state.get("scaler"))
+        self.progress = Progress(**{f.name: state[f.name] for f in fields(Progress)})
+        self.speed.restart(self.step, self.train_seconds)
+        set_rng_state(state["rng"], self.batches)
         if self.is_main:
             self.metrics.rewind(self.step)  # lines logged after this checkpoint are about to be logged again
 
@@ -428,11 +360,18 @@ class Trainer:
         return self
 
 
-def describe(entry: dict) -> str:
-    """One line for an evaluation: losses, perplexity, speed."""
-    speed = ""
-    if entry.get("tokens_per_sec"):
-        share = f"{entry['mfu']:.1%}" if entry.get("mfu") is not None else "n/a"
-        speed = f", {entry['tokens_per_sec']:,.0f} tokens/s, MFU {share}"
-    return (f"step {entry['step']:>6}: train {entry['train']:.4f}, val {entry['val']:.4f} "
-            f"(perplexity {entry['val_ppl']:.1f}){speed}")
+def _seq_len(model: nn.Module, cfg: TrainConfig) -> int:
+    """Tokens per training sequence: ``cfg.seq_len``, or the model's ``block_size``; longer only for models
+    whose attention slides past it (RoPE)."""
+    seq_len = cfg.seq_len or model.block_size
+    if seq_len > model.block_size and not getattr(model, "slides", False):
+        raise SLMError(f"train.seq_len ({seq_len}) is longer than the model's block_size ({model.block_size}), "
+                       "which has no positions past it; use a smaller seq_len or a larger block_size")
+    return seq_len
+
+
+def _micro_steps(grad_accum: int, world_size: int) -> int:
+    if grad_accum % world_size:
+        raise SLMError(f"grad_accum ({grad_accum}) must be a multiple of the number of processes "
+                       f"({world_size}): each process does the same number of micro-batches")
+    return grad_accum // world_size

@@ -8,7 +8,7 @@ import torch
 from slm_helpers import checkpoint
 from slm_helpers.checkpoint import load_checkpoint, load_model, save_checkpoint
 from slm_helpers.errors import SLMError
-from slm_helpers.model import GPT
+from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer
 
 
@@ -123,3 +123,52 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path):
     save_checkpoint(state, tmp_path / "bad.pt")
     with pytest.raises(SLMError, match="do not fit its own config"):
         load_model(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------- what a checkpoint holds besides the weights
+
+def test_rng_state_puts_back_every_generator_a_run_draws_from():
+    batches = torch.Generator().manual_seed(3)
+    torch.manual_seed(4)
+    state = checkpoint.rng_state(batches)
+    expected = (torch.randint(100, (5,), generator=batches), torch.rand(5))
+    torch.randint(100, (7,), generator=batches), torch.rand(7)  # drawn on after the checkpoint
+    checkpoint.set_rng_state(state, batches)
+    assert torch.equal(torch.randint(100, (5,), generator=batches), expected[0])
+    assert torch.equal(torch.rand(5), expected[1])
+
+
+def test_check_model_config_names_each_difference():
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    checkpoint.check_model_config(model, {k: v for k, v in model.config.to_dict().items() if k != "norm"})
+    with pytest.raises(SLMError, match="n_layer: checkpoint 2 vs now 1, n_embd: checkpoint 32 vs now 16"):
+        checkpoint.check_model_config(model, {**model.config.to_dict(), "n_layer": 2, "n_embd": 32})
+
+
+def _frozen_base(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.transformer.h[1].parameters():  # fine-tune the last block only
+        p.requires_grad_(True)
+    return model
+
+
+def test_trainable_only_state_holds_only_the_parameters_that_train_and_loads_onto_the_base():
+    tuned = _frozen_base()
+    with torch.no_grad():
+        for p in tuned.transformer.h[1].parameters():
+            p.add_(1.0)
+    state = checkpoint.model_state(tuned, trainable_only=True)
+    assert set(state) == {n for n, p in tuned.named_parameters() if p.requires_grad}
+    assert all(name.startswith("transformer.h.1.") for name in state)
+    base = _frozen_base()
+    checkpoint.load_model_state(base, state, trainable_only=True)
+    for (name, p), q in zip(base.state_dict().items(), tuned.state_dict().values()):
+        assert torch.equal(p, q), name
+    other = _frozen_base()
+    other.transformer.h[0].attn.c_attn.weight.requires_grad_(True)  # trains one more matrix than the checkpoint
+    with pytest.raises(SLMError, match="freeze the same parameters"):
+        checkpoint.load_model_state(other, state, trainable_only=True)
+    assert set(checkpoint.model_state(tuned)) == set(tuned.state_dict())  # by default: everything

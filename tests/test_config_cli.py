@@ -79,6 +79,23 @@ def test_bad_overrides_name_the_key(override, named):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.max_iters=abc", "train.max_iters from --set train.max_iters=abc must be int, got 'abc'"),
+    ("train.compile=maybe", "train.compile from --set train.compile=maybe must be bool"),
+    ("train.max_iter=5", "unknown key(s) train.max_iter from --set train.max_iter=5; known keys"),
+])
+def test_a_bad_override_names_the_set_option_not_the_preset_file(override, message):
+    with pytest.raises(SLMError) as err:
+        load_config("shakespeare-char-cpu", ["train.eval_iters=3", override])
+    assert message in str(err.value) and ".yaml" not in str(err.value)
+
+
+def test_a_bad_value_in_the_file_still_names_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: {max_iters: abc}\n")
+    with pytest.raises(SLMError, match=r"train.max_iters in .*bad.yaml must be int, got 'abc'"):
+        load_config(tmp_path / "bad.yaml", ["train.eval_iters=3"])
+
+
 def test_config_files(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_YAML)
@@ -253,6 +270,38 @@ def test_cli_errors_in_train(trained, capsys, tmp_path):
     _assert_one_line_error(*_run(capsys, "train", "--config", config, "--device", "tpu",
                                  "--out", str(tmp_path / "e"))[::2], "tpu")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf"])
+def test_cli_time_budget_must_be_positive(capsys, tmp_path, seconds, monkeypatch):
+    """--time-budget 0 would mean no budget: the preset's max_iters steps (a million for the fast CPU preset)."""
+    monkeypatch.setattr("slm_helpers.config.build_trainer", lambda *a, **k: pytest.fail("the run was started"))
+    rc, _, err = _run(capsys, "train", "--preset", "shakespeare-char-cpu-fast", f"--time-budget={seconds}",
+                      "--out", str(tmp_path / "run"))
+    _assert_one_line_error(rc, err, "--time-budget must be a positive number of seconds", "max_iters")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_run_into_the_same_folder_stops_and_names_the_first(trained, capsys, tmp_path):
+    """The first run holds train.lock (flock) in --out; the lock of a process that has ended never blocks."""
+    out = tmp_path / "run"
+    argv = ["--config", str(trained / "tiny.yaml"), "--data", str(trained / "poem.txt"), "--out", str(out),
+            "--device", "cpu", "--set", "train.max_iters=2", "--set", "train.eval_interval=1"]
+    hold = ("import sys, time; from slm_helpers.checkpoint import lock_run_folder\n"
+            "with lock_run_folder(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)")
+    first = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert first.stdout.readline() == "locked\n"
+        _assert_one_line_error(*_run(capsys, "train", *argv)[::2], str(out), "in use by another training run",
+                               f"process {first.pid}")
+        assert not (out / "last.pt").exists()
+    finally:
+        first.kill()
+        first.wait()
+    assert (out / "train.lock").read_text() == f"{first.pid}\n"  # left behind by the killed run: it does not block
+    rc, _, err = _run(capsys, "train", *argv)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]  # the lock is gone
 
 
 def test_cli_data_path_is_taken_literally(trained, capsys, tmp_path):

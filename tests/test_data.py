@@ -14,7 +14,17 @@ import torch
 from slm_helpers import data
 from slm_helpers import download as download_module
 from slm_helpers.cli import main
-from slm_helpers.data import get_batch, load_text, strip_gutenberg, text_blocks, train_val_split
+from slm_helpers.data import (
+    IGNORE_INDEX,
+    ChatExamples,
+    TokenWindows,
+    as_source,
+    get_batch,
+    load_text,
+    strip_gutenberg,
+    text_blocks,
+    train_val_split,
+)
 from slm_helpers.download import RemoteFile, download
 from slm_helpers.errors import SLMError
 
@@ -316,3 +326,32 @@ def test_get_batch_reaches_every_window_and_no_further():
 def test_get_batch_block_size_too_large():
     with pytest.raises(SLMError, match="block_size"):
         get_batch(torch.arange(10), 4, 10)
+
+
+# ---------------------------------------------------------------- batch sources
+
+def test_token_windows_draw_what_get_batch_draws():
+    data = torch.arange(100)
+    source = TokenWindows(data, 8)
+    x, y = source.batch(source.draw(4, torch.Generator().manual_seed(1)))
+    gx, gy = get_batch(data, 4, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, gx) and torch.equal(y, gy) and len(source) == 100
+    assert as_source(data, 8).seq_len == 8 and as_source(source, 8) is source
+    with pytest.raises(SLMError, match="the val split has 8 tokens"):
+        TokenWindows(data[:8], 8, "val")
+
+
+def test_chat_examples_mask_the_prompt_and_the_padding():
+    source = ChatExamples([([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10, 11, 12])], seq_len=5, pad_id=0)
+    x, y = source.batch(torch.tensor([0, 1]))
+    I = IGNORE_INDEX  # noqa: E741
+    # prompt 1 2 3, reply 4 5: the targets 2 and 3 are prompt tokens, the last two positions padding.
+    assert x[0].tolist() == [1, 2, 3, 4, 0] and y[0].tolist() == [I, I, 4, 5, I]
+    # prompt 6, reply 7..12: cut to seq_len + 1 = 6 tokens, every target a reply token.
+    assert x[1].tolist() == [6, 7, 8, 9, 10] and y[1].tolist() == [7, 8, 9, 10, 11]
+    picks = source.draw(50, torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) == {0, 1} and len(source) == 5 + 7
+    with pytest.raises(SLMError, match="example 0 of the train split"):
+        ChatExamples([([1] * 6, [2])], seq_len=5, name="train")  # no room left for the reply
+    with pytest.raises(SLMError, match="seq_len = 4"):
+        as_source(source, 4)

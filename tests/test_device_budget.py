@@ -10,7 +10,7 @@ from slm_helpers import device as device_mod
 from slm_helpers.budget import budget, is_quick
 from slm_helpers.device import environment_report, has_tf32, pick_device, seed_everything, supports_bf16, synchronize
 from slm_helpers.errors import SLMError
-from slm_helpers.train import autocast_dtype
+from slm_helpers.precision import autocast_dtype
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from slm_helpers.bigram import BigramLanguageModel, CountingBigram
+from slm_helpers.data import IGNORE_INDEX, ChatExamples
 from slm_helpers.errors import SLMError
-from slm_helpers.evaluate import Evaluation, _windows, evaluate_text, split_loss
-from slm_helpers.model import GPT
+from slm_helpers.evaluate import Evaluation, _windows, estimate_loss, evaluate_text, split_loss
+from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import BPETokenizer, CharTokenizer
 
 
@@ -140,3 +141,33 @@ def test_bytes_of_a_first_token_that_splits_a_character():
     assert len(first) == 2 and "\ufffd" in tokenizer.decode(ids[:1])  # two of the snowman's three bytes
     result = evaluate_text(Uniform(tokenizer.vocab_size), tokenizer, text)
     assert result.bytes == len(text.encode("utf-8")) - len(first)
+
+
+# ---------------------------------------------------------------- estimate_loss: the trainer's quick measure
+
+def test_estimate_loss_is_repeatable_and_leaves_no_trace(poem_text):
+    tok = CharTokenizer.from_text(poem_text)
+    data = torch.tensor(tok.encode(poem_text))
+    train, val = data[:400], data[400:]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    rng_before = torch.get_rng_state()
+    a = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
+    b = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
+    assert a == b and set(a) == {"train", "val"}
+    assert torch.equal(torch.get_rng_state(), rng_before)  # measuring does not change what training draws
+    assert model.training  # mode restored
+
+
+def test_estimate_loss_of_chat_examples_counts_only_the_replies():
+    """Targets at prompt positions are IGNORE_INDEX: changing a prompt's last token changes what the model
+    reads but not which tokens are scored, and a reply made of the prompt token scores like it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    source = ChatExamples([([1, 2, 3], [4, 5])], seq_len=8)
+    x, y = source.batch(torch.tensor([0]))
+    assert (y != IGNORE_INDEX).sum() == 2
+    logits = model(x)[0]
+    expected = F.cross_entropy(logits[0, 2:4], torch.tensor([4, 5]))
+    loss = estimate_loss(model, {"val": source}, batch_size=1, block_size=8, eval_iters=1)["val"]
+    assert loss == pytest.approx(expected.item(), rel=1e-6)

@@ -69,6 +69,10 @@ def test_run_flops_counts_training_and_evaluation_by_hand():
     expected = per_token * (2000 * tokens_per_step + evaluations * 2 * 50 * tokens_per_step / 3)
     assert run_flops(run, 65) == pytest.approx(expected)
     assert estimate_seconds(run, 65) == pytest.approx(expected / (65e12 * 0.2))
+    run.train.seq_len = 128  # a shorter training sequence: fewer tokens, and attention over 128 of them
+    per_token = 6 * model.num_params() + 12 * 6 * 6 * 64 * 128
+    expected = per_token * (2000 * 64 * 128 + evaluations * 2 * 50 * 64 * 128 / 3)
+    assert flops_per_token(model, 128) == per_token and run_flops(run, 65) == pytest.approx(expected)
 
 
 def test_lesson_8_quotes_the_t4_estimate():

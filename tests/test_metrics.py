@@ -8,10 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from slm_helpers import metrics
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers.metrics import MetricsLog, activation_memory, measure_throughput, read_metrics
+from slm_helpers.metrics import MetricsLog, Throughput, activation_memory, measure_throughput, read_metrics
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.plotting import plot_metrics
 from slm_helpers.tokenizers import CharTokenizer
@@ -166,9 +165,14 @@ def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
     durations, calls, batches = iter([10.0, 0.5, 0.5, 0.5, 0.5]), [], []
     x = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(0))
 
-    def get_batch(data, batch_size, block_size, device):  # one micro-batch, for the activation memory
-        batches.append((batch_size, block_size))
-        return x, x
+    class Source:  # one micro-batch, for the activation memory
+        def draw(self, n, generator=None):
+            batches.append(n)
+            return torch.arange(n)
+
+        def batch(self, picks, device):
+            batches.append(tuple(picks.tolist()))
+            return x, x
 
     def train_step():
         calls.append(1)
@@ -176,11 +180,11 @@ def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
 
     trainer = SimpleNamespace(
         device=torch.device("cpu"), train_step=train_step, train_seconds=100.0, tokens_per_step=64,
-        cfg=SimpleNamespace(compile=False, batch_size=4), block_size=8, splits={"train": torch.arange(50) % 10},
-        model=Toy(), autocast=nullcontext, flops_per_token=1000, peak_flops=1e5, world_size=2)
-    monkeypatch.setattr(metrics, "get_batch", get_batch)
+        cfg=SimpleNamespace(compile=False, batch_size=4), sources={"train": Source()}, model=Toy(),
+        amp=SimpleNamespace(autocast=nullcontext), speed=SimpleNamespace(flops_per_token=1000, peak_flops=1e5),
+        world_size=2)
     m = measure_throughput(trainer, steps=4, warmup=1)
-    assert len(calls) == 5 and batches == [(4, 8)]
+    assert len(calls) == 5 and batches == [4, (0, 1, 2, 3)]
     assert m["tokens_per_sec"] == pytest.approx(4 * 64 / 2.0)  # 128
     assert m["ms_per_step"] == pytest.approx(500)
     assert m["mfu"] == pytest.approx(128 * 1000 / (2 * 1e5))  # 0.64 of the two devices' peak
@@ -190,3 +194,15 @@ def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
     trainer.cfg.compile = True  # a compiled model's activations are not measured
     durations = iter([0.25, 0.25])
     assert measure_throughput(trainer, steps=1)["activation_mb"] is None
+
+
+def test_throughput_counts_from_the_last_record_of_each_kind():
+    speed = Throughput(Toy(), "cpu", tokens_per_step=100, devices=2)
+    assert speed.flops_per_token is None and speed.peak_flops is None  # no GPT config, no GPU peak
+    assert speed.since("train", 4, 2.0)["tokens_per_sec"] == pytest.approx(4 * 100 / 2.0)
+    assert speed.since("train", 6, 4.0)["tokens_per_sec"] == pytest.approx(2 * 100 / 2.0)  # since step 4
+    assert speed.since("eval", 6, 4.0)["tokens_per_sec"] == pytest.approx(6 * 100 / 4.0)  # its own count
+    speed.flops_per_token, speed.peak_flops = 1000, 1e5
+    speed.restart(10, 5.0)  # a resumed run
+    m = speed.since("eval", 12, 6.0)
+    assert m["tokens_per_sec"] == pytest.approx(200) and m["mfu"] == pytest.approx(200 * 1000 / (2 * 1e5))

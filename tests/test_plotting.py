@@ -66,6 +66,16 @@ def test_live_plot_prints_a_line_per_update_outside_a_notebook(capsys):
     ]
 
 
+def test_live_plot_prints_the_trainers_evaluation_line(capsys):
+    """One formatter (metrics.describe) for fit's printed line and LivePlot's: perplexity and speed included."""
+    from slm_helpers.metrics import describe
+
+    entry = {"step": 50, "train": 2.0, "val": 2.5, "val_ppl": 12.18, "tokens_per_sec": 1234.5, "mfu": None}
+    LivePlot().update([entry])
+    assert capsys.readouterr().out == describe(entry) + "\n"
+    assert describe(entry) == "step     50: train 2.0000, val 2.5000 (perplexity 12.2), 1,234 tokens/s, MFU n/a"
+
+
 def test_heatmap_labels_and_values():
     matrix = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.25, 0.25]])
     ax = heatmap(matrix, row_labels=["a", "\n"], col_labels=["x", " ", "z"], title="counts", annotate=True)

@@ -1,10 +1,14 @@
 """train.py: schedule, optimizer groups, a loop that learns, and resuming that is exact bit for bit."""
 
+import importlib.util
+import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from slm_helpers.checkpoint import load_checkpoint
 from slm_helpers.config import from_mapping
@@ -12,7 +16,7 @@ from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer
-from slm_helpers.train import TrainConfig, Trainer, estimate_loss, lr_at, make_optimizer
+from slm_helpers.train import TrainConfig, Trainer, lr_at
 
 POEM = "Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\nLike a diamond.\n\n"
 
@@ -56,39 +60,11 @@ def test_yaml_sections_are_checked_in_one_place(mapping, message):
     assert (cfg.min_lr, cfg.learning_rate) == (0.0, 1e-3) and type(cfg.min_lr) is float
 
 
-def test_optimizer_groups():
-    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
-    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
-    decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    grouped = {id(p) for group in opt.param_groups for p in group["params"]}
-    assert grouped == {id(p) for p in model.parameters()}
-    assert len(decayed["params"]) + len(plain["params"]) == len(grouped)  # the tied matrix only once
-    assert any(p is model.lm_head.weight for p in decayed["params"])
-    # 2-D: wte (= lm_head), wpe, and per block c_attn, attn c_proj, c_fc, mlp c_proj.
-    assert len(decayed["params"]) == 2 + 4 * 2
-    # 1-D: per block two LayerNorms (weight and bias) and four Linear biases; the final LayerNorm.
-    assert len(plain["params"]) == (4 + 4) * 2 + 2
-
-
 def _corpus(text):
     tok = CharTokenizer.from_text(text)
     data = torch.tensor(tok.encode(text))
     n = int(0.9 * len(data))
     return tok, data[:n], data[n:]
-
-
-def test_estimate_loss_is_repeatable_and_leaves_no_trace(poem_text):
-    tok, train, val = _corpus(poem_text)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
-    rng_before = torch.get_rng_state()
-    a = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
-    b = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
-    assert a == b and set(a) == {"train", "val"}
-    assert torch.equal(torch.get_rng_state(), rng_before)  # measuring does not change what training draws
-    assert model.training  # mode restored
 
 
 def test_trainer_learns_a_repetitive_text(poem_text):
@@ -197,3 +173,110 @@ def test_checkpoint_best_val_is_the_best_so_far(runs):
     for name in ("last.pt", "best.pt"):
         state = load_checkpoint(runs["tmp"] / "a" / name)
         assert state["best_val"] == min(h["val"] for h in state["history"]), name
+
+
+# ---------------------------------------------------------------- the same numbers as before the refactor
+
+DATA = Path(__file__).parent / "data"
+
+
+def _recorder():
+    """tests/data/record_train_baseline.py: the runs whose losses the trainer of 0f3426d recorded."""
+    spec = importlib.util.spec_from_file_location("record_train_baseline", DATA / "record_train_baseline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORDED = json.loads((DATA / "train_baseline_0f3426d.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECORDED))
+def test_losses_are_bit_identical_to_the_trainer_before_its_refactor(recipe):
+    recorder = _recorder()
+    trainer = recorder.make(recorder.RECIPES[recipe])
+    history = trainer.fit(progress=False)
+    assert trainer.step_losses == RECORDED[recipe]["step_losses"]  # exact float equality, every step
+    assert [{k: h[k] for k in ("step", "train", "val", "lr")} for h in history] == RECORDED[recipe]["history"]
+
+
+def test_a_checkpoint_of_the_trainer_before_its_refactor_resumes_exactly(tmp_path):
+    """checkpoint_0f3426d.pt: step 3 of 6 of the adamw recipe, written by the old trainer."""
+    recorder = _recorder()
+    trainer = recorder.make(recorder.RECIPES["adamw"], out_dir=tmp_path).resume(DATA / "checkpoint_0f3426d.pt")
+    assert trainer.step == trainer.progress.step == 3 and len(trainer.history) == 2 and len(trainer.step_losses) == 3
+    assert trainer.best_val == min(h["val"] for h in RECORDED["adamw"]["history"][:2]) and trainer.train_seconds > 0
+    history = trainer.fit(progress=False)
+    assert trainer.step_losses == RECORDED["adamw"]["step_losses"]
+    assert [h["val"] for h in history] == [h["val"] for h in RECORDED["adamw"]["history"]]
+
+
+# ---------------------------------------------------------------- sequence length, chat examples, trainable only
+
+def _tiny_gpt(vocab_size, seed=0, **kwargs):
+    seed_everything(seed)
+    return GPT(GPTConfig(**{**dict(vocab_size=vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                                   dropout=0.0), **kwargs}))
+
+
+def test_the_training_sequence_length_is_a_setting_of_its_own(poem_text):
+    tok, train, val = _corpus(poem_text)
+    cfg = TrainConfig(max_iters=2, batch_size=3, eval_iters=1, eval_interval=2, seq_len=5)
+    trainer = Trainer(_tiny_gpt(tok.vocab_size), train, val, cfg)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    trainer.fit(progress=False)
+    assert seen and set(seen) == {(3, 5)} and trainer.tokens_per_step == 3 * 5
+    assert Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(eval_iters=1)).seq_len == 8  # 0: block_size
+    with pytest.raises(SLMError, match=r"seq_len \(9\) is longer than the model's block_size \(8\)"):
+        Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(seq_len=9))
+    rope = Trainer(_tiny_gpt(tok.vocab_size, position="rope"), train, val, TrainConfig(seq_len=12, eval_iters=1))
+    assert rope.seq_len == 12  # attention slides past block_size
+
+
+def test_chat_examples_train_on_the_replies_only():
+    """The step's loss is the mean cross-entropy of the reply tokens of the examples it drew, nothing else."""
+    from slm_helpers.data import ChatExamples
+
+    examples = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10]), ([3, 3, 3, 3], [11])]
+    train, val = ChatExamples(examples, seq_len=8), ChatExamples(examples[:1], seq_len=8)
+    cfg = TrainConfig(max_iters=30, batch_size=2, grad_accum=2, eval_iters=1, eval_interval=30, learning_rate=1e-2,
+                      warmup_iters=0, seed=3)
+    trainer = Trainer(_tiny_gpt(12), train, val, cfg)
+    reference = _tiny_gpt(12)
+    picks = train.draw(4, torch.Generator().manual_seed(3))
+    x, y = train.batch(picks)
+    logits = reference(x)[0]
+    mine = y != -100
+    assert mine.sum() == sum(len(examples[i][1]) for i in picks.tolist())
+    # two micro-batches of two examples: each the mean over its own reply tokens, then their mean
+    halves = [F.cross_entropy(logits[a:b][mine[a:b]], y[a:b][mine[a:b]]) for a, b in ((0, 2), (2, 4))]
+    assert trainer.train_step() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)
+    trainer.fit(progress=False)
+    assert trainer.step_losses[-1] < trainer.step_losses[0] - 1.0  # it learns the replies
+
+
+def test_a_trainable_only_checkpoint_resumes_onto_its_base_model(poem_text, tmp_path):
+    tok, train, val = _corpus(poem_text)
+
+    def base():
+        model = _tiny_gpt(tok.vocab_size, tie_embeddings=False)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("lm_head", "transformer.h.1.")))
+        return model
+
+    cfg = TrainConfig(max_iters=6, batch_size=4, eval_iters=2, eval_interval=3, learning_rate=1e-2, warmup_iters=1,
+                      trainable_only=True)
+    whole = Trainer(base(), train, val, cfg, tokenizer=tok)
+    whole.fit(progress=False)
+    half = Trainer(base(), train, val, cfg, tokenizer=tok, out_dir=tmp_path)
+    half.fit(3, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["trainable_only"] and all(k.startswith(("lm_head", "transformer.h.1.")) for k in state["model"])
+    resumed = Trainer(base(), train, val, cfg, tokenizer=tok).resume(tmp_path / "last.pt")
+    resumed.fit(progress=False)
+    assert resumed.step_losses == whole.step_losses
+    from slm_helpers.checkpoint import load_model
+
+    with pytest.raises(SLMError, match="only the parameters that trained"):
+        load_model(tmp_path / "last.pt")

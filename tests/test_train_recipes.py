@@ -7,15 +7,16 @@ import math
 import pytest
 import torch
 
-from slm_helpers import train as train_module
+from slm_helpers import precision
 from slm_helpers.config import load_config
 from slm_helpers.data import batch_at
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers.metrics import PEAK_FLOPS, flops_per_token, mfu, peak_flops
+from slm_helpers.metrics import PEAK_FLOPS, describe, flops_per_token, mfu, peak_flops
 from slm_helpers.model import GPT, CausalSelfAttention, GPTConfig
+from slm_helpers.precision import MixedPrecision, autocast_dtype
 from slm_helpers.tokenizers import CharTokenizer
-from slm_helpers.train import TrainConfig, Trainer, autocast_dtype, describe
+from slm_helpers.train import TrainConfig, Trainer
 
 CPU = torch.device("cpu")
 
@@ -84,9 +85,29 @@ def test_autocast_choices_on_a_gpu(monkeypatch, capability, bf16, expected):
     assert (autocast_dtype("bfloat16", gpu)[1] is None) == bf16  # a note when falling back to float16
 
 
+def test_mixed_precision_is_one_object_with_its_scaler(monkeypatch):
+    plain = MixedPrecision("float32", "cpu")
+    assert plain.dtype is None and not plain.scaler.is_enabled() and plain.state_dict() == {}
+    with plain.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    bf16 = MixedPrecision("bfloat16", "cpu")
+    assert bf16.dtype is torch.bfloat16 and not bf16.scaler.is_enabled()  # float32's range: no scaling
+    with bf16.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert MixedPrecision("float16", "cpu").note.startswith("float16 training needs a CUDA GPU")
+    monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
+    fp16, again = MixedPrecision("float16", "cpu"), MixedPrecision("float16", "cpu")
+    assert fp16.scaler.is_enabled() and fp16.state_dict()["scale"] == 2.0**16
+    fp16.scaler.scale(torch.ones(()))  # the scale is made at its first use
+    fp16.scaler.update(1024.0)
+    again.load_state_dict(fp16.state_dict())
+    again.load_state_dict({})  # an old float32 checkpoint's empty scaler state changes nothing
+    assert again.scaler.get_scale() == 1024.0
+
+
 def test_float16_on_the_cpu_falls_back_to_float32_with_one_line(corpus, capsys):
     trainer = _trainer(corpus, dtype="float16")
-    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
+    assert trainer.amp_dtype is None and not trainer.amp.scaler.is_enabled()
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("note: float16 training needs a CUDA GPU")
     reference = _trainer(corpus)
@@ -98,7 +119,7 @@ def test_float16_on_the_cpu_falls_back_to_float32_with_one_line(corpus, capsys):
 def test_bfloat16_autocast_on_the_cpu_trains_close_to_float32(corpus):
     bf16, fp32 = _trainer(corpus, dtype="bfloat16"), _trainer(corpus)
     x, y = batch_at(bf16.splits["train"], torch.tensor([0, 5]), 8)
-    with bf16.autocast():
+    with bf16.amp.autocast():
         logits, loss = bf16.model(x, y)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # cross-entropy stays in float32
     assert bf16.model.lm_head.weight.dtype == torch.float32  # the weights themselves stay float32
@@ -111,9 +132,9 @@ def test_bfloat16_autocast_on_the_cpu_trains_close_to_float32(corpus):
 
 def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_path):
     """float16 + GradScaler (the CUDA recipe), run on the CPU's float16 autocast to exercise the code."""
-    monkeypatch.setattr(train_module, "autocast_dtype", lambda name, device: (torch.float16, None))
+    monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
     trainer = _trainer(corpus, dtype="float16")
-    assert trainer.scaler.is_enabled()
+    assert trainer.amp.scaler.is_enabled()
     trainer.out_dir = tmp_path
     trainer.fit(progress=False)
     assert all(math.isfinite(loss) for loss in trainer.step_losses)
@@ -121,7 +142,7 @@ def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_pa
     assert state["scaler"]["scale"] > 0
     resumed = _trainer(corpus, seed=1, dtype="float16")
     resumed.load_state_dict(state)
-    assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
+    assert resumed.amp.scaler.get_scale() == trainer.amp.scaler.get_scale()
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
@@ -132,17 +153,17 @@ def test_float16_with_the_gradient_scaler_trains_like_float32(corpus, monkeypatc
     starting scale) and shrink every step to nothing. At this size no step overflows (the scale stays
     at 65,536); a skipped step would make the two runs part ways by design."""
     fp32 = _trainer(corpus, grad_clip=grad_clip)
-    monkeypatch.setattr(train_module, "autocast_dtype", lambda name, device: (torch.float16, None))
+    monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
     fp16 = _trainer(corpus, dtype="float16", grad_clip=grad_clip)
-    assert fp16.scaler.is_enabled() and not fp32.scaler.is_enabled()
-    with fp16.autocast():
+    assert fp16.amp.scaler.is_enabled() and not fp32.amp.scaler.is_enabled()
+    with fp16.amp.autocast():
         assert fp16.model(*batch_at(fp16.splits["train"], torch.tensor([0]), 8))[0].dtype == torch.float16
     losses, norms = {"fp16": [], "fp32": []}, {"fp16": [], "fp32": []}
     for _ in range(6):
         for name, trainer in (("fp16", fp16), ("fp32", fp32)):
             losses[name].append(trainer.train_step())
             norms[name].append(trainer.grad_norm)
-    assert fp16.scaler.get_scale() == 2.0**16  # no step was skipped
+    assert fp16.amp.scaler.get_scale() == 2.0**16  # no step was skipped
     if grad_clip:
         assert norms["fp16"] == pytest.approx(norms["fp32"], rel=1e-2)
         assert max(norms["fp32"]) > grad_clip  # clipping did act on some steps
@@ -215,9 +236,9 @@ def test_history_has_speed_mfu_and_perplexity(corpus):
     assert last["mfu"] is None and "MFU n/a" in describe(last)  # no peak claimed for a CPU
     assert last["val_ppl"] == pytest.approx(math.exp(last["val"]))
     assert "perplexity" in describe(first) and "tokens/s" not in describe(first)
-    trainer.peak_flops = 1e12  # as if on a GPU of 1 TFLOP/s
+    trainer.speed.peak_flops = 1e12  # as if on a GPU of 1 TFLOP/s
     history = trainer.fit(6, progress=False)
-    expected = history[-1]["tokens_per_sec"] * trainer.flops_per_token / 1e12
+    expected = history[-1]["tokens_per_sec"] * trainer.speed.flops_per_token / 1e12
     assert history[-1]["mfu"] == pytest.approx(expected) and "MFU" in describe(history[-1])
 
 
