@@ -6,10 +6,16 @@
     python -m slm_helpers sample --checkpoint runs/shakespeare-char-cpu/best.pt --prompt "ROMEO:"
     python -m slm_helpers chat                      # talk to SmolLM2-135M-Instruct in the terminal
     python -m slm_helpers chat --prompt "What is the capital of France?" --temperature 0
+    python -m slm_helpers finetune --task json --out runs/lora-json       # LoRA; --full: every weight
+    python -m slm_helpers chat --adapter runs/lora-json/adapter.pt         # chat with the fine-tuned model
 
 ``chat`` without ``--prompt`` reads a message per line and streams each reply, keeping the history;
 /reset starts a new chat, /exit (or Ctrl-D) quits, Ctrl-C stops a reply (it stays in the chat, as
 far as it got) and, at the prompt, quits. With ``--prompt`` it prints only the reply.
+
+``finetune`` teaches SmolLM2 a task of tasks.py (lesson 13) with the course's Trainer, writes the
+adapter (``adapter.pt``, or with ``--full`` the whole model's checkpoints), scores the result on
+held-out examples and writes what it measured to ``summary.json``.
 
 Bad input ends the program with one line on stderr and exit status 2, never a traceback; Ctrl-C
 ends it with exit status 130. A second ``train`` into a folder where one is running stops at once
@@ -77,6 +83,7 @@ def _chat_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--system", help="the system message (default: the one the model's chat template adds)")
     parser.add_argument("--gguf", metavar="PATH",
                         help="a Llama-architecture GGUF file (default: the installed SmolLM2-135M-Instruct)")
+    parser.add_argument("--adapter", metavar="PATH", help="LoRA adapters written by finetune, put on the model")
     parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE,
                         help=f"0 = greedy; higher = more random (default {CHAT_TEMPERATURE}, SmolLM2's recommendation)")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
@@ -90,6 +97,21 @@ def _chat_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _finetune_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--task", default="json", help="the task to learn (json: a person's details as JSON)")
+    parser.add_argument("--out", required=True, help="folder for the adapter or checkpoints, metrics, summary.json")
+    parser.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA's rank r: A is r x in, B is out x r")
+    parser.add_argument("--alpha", type=float, default=16.0, help="LoRA's alpha: the update is scaled by alpha / r")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of 8 examples")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="train for this long instead")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--test-examples", type=int, default=200, help="held-out examples scored at the end")
+    parser.add_argument("--gguf", metavar="PATH", help="a Llama GGUF file (default: the installed SmolLM2)")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: the fastest available)")
+    return parser
+
+
 def _unescape(text: str) -> str:
     r"""A shell cannot easily pass a line break: read \n, \t, \r and \\ in --stop as escapes."""
     import re
@@ -98,16 +120,13 @@ def _unescape(text: str) -> str:
 
 
 def train(args: argparse.Namespace) -> None:
-    import math
     import os
     from contextlib import nullcontext
 
     from .checkpoint import lock_run_folder
     from .config import load_config, runs_dir
 
-    if args.time_budget is not None and not 0 < args.time_budget < math.inf:
-        raise SLMError(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}; leave it "
-                       "out to train the config's max_iters steps")
+    _check_time_budget(args.time_budget)
     budget = [f"train.time_budget={args.time_budget}"] if args.time_budget is not None else []
     run = load_config(args.preset or args.config, [*args.set, *budget])
     if args.data:  # set as is: through YAML, a path such as "notes #2.txt" would lose its end
@@ -119,16 +138,30 @@ def train(args: argparse.Namespace) -> None:
         _train(args, run, out_dir)
 
 
+def _check_time_budget(seconds: float | None) -> None:
+    import math
+
+    if seconds is not None and not 0 < seconds < math.inf:
+        raise SLMError(f"--time-budget must be a positive number of seconds, got {seconds:g}; leave it out "
+                       "to train max_iters steps")
+
+
+def _last_checkpoint(out_dir: Path, resume: bool) -> Path:
+    """``out_dir``/last.pt, checked against ``--resume``: it must exist to resume, and not exist otherwise."""
+    last = out_dir / "last.pt"
+    if resume and not last.is_file():
+        raise SLMError(f"nothing to resume: {last} does not exist; train without --resume first")
+    if not resume and last.is_file():
+        raise SLMError(f"{out_dir} already holds a run; add --resume to continue it or pass a new --out")
+    return last
+
+
 def _train(args: argparse.Namespace, run, out_dir: Path) -> None:
     from . import distributed
     from .config import build_trainer
     from .device import pick_device, seed_everything
 
-    last = out_dir / "last.pt"
-    if args.resume and not last.is_file():
-        raise SLMError(f"nothing to resume: {last} does not exist; train without --resume first")
-    if not args.resume and last.is_file():
-        raise SLMError(f"{out_dir} already holds a run; add --resume to continue it or pass a new --out")
+    last = _last_checkpoint(out_dir, args.resume)
     device = pick_device(args.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device)
@@ -147,6 +180,48 @@ def _train(args: argparse.Namespace, run, out_dir: Path) -> None:
                   f"  python -m slm_helpers sample --checkpoint {out_dir / 'best.pt'}")
     finally:
         distributed.shutdown()
+
+
+def finetune(args: argparse.Namespace) -> None:
+    import json
+
+    from .checkpoint import lock_run_folder
+    from .device import pick_device, seed_everything
+    from .finetune import finetune_config, finetune_trainer, summary
+    from .lora import check_rank_alpha, save_adapter
+    from .pretrained import load_pretrained
+    from .tasks import TASKS
+
+    # Checked before the (slow) model load.
+    if args.task not in TASKS:
+        raise SLMError(f"unknown --task {args.task!r}; choose one of {', '.join(TASKS)}")
+    if not args.full:
+        check_rank_alpha(args.rank, args.alpha)
+    if args.steps < 1 or args.test_examples < 0:
+        raise SLMError(f"--steps must be >= 1 and --test-examples >= 0, got {args.steps} and {args.test_examples}")
+    _check_time_budget(args.time_budget)
+    out_dir = Path(args.out)
+    with lock_run_folder(out_dir):
+        last = _last_checkpoint(out_dir, args.resume)
+        device = pick_device(args.device)
+        model, tokenizer = load_pretrained(args.gguf, device)
+        seed_everything(0)
+        cfg = finetune_config(args.full, args.steps, time_budget=args.time_budget or 0.0)
+        trainer = finetune_trainer(model, tokenizer, task=args.task, full=args.full, rank=args.rank,
+                                   alpha=args.alpha, cfg=cfg, out_dir=out_dir, device=device)
+        if args.resume:
+            trainer.resume(last)
+        kind = "full fine-tuning" if args.full else f"LoRA (rank {args.rank}, alpha {args.alpha:g})"
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{args.task}: {kind}, {trained:,} trainable parameters, {device}; checkpoints in {out_dir}")
+        trainer.fit()
+        if not args.full:
+            print(f"adapter: {save_adapter(model, out_dir / 'adapter.pt')}")
+        result = summary(trainer, tokenizer, args.task, args.test_examples)
+        (out_dir / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"exact match on {result['test_examples']} held-out examples: {result['exact_match']:.1%}; "
+              f"{result['seconds_per_step']:.2f} s per step, peak memory {result['peak_memory_mb']:,.0f} MB, "
+              f"optimizer state {result['optimizer_state_mb']:,.1f} MB")
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -183,6 +258,10 @@ def chat(args: argparse.Namespace) -> None:
     check_length(args.max_new_tokens)
     device = pick_device(args.device)
     model, tokenizer = load_pretrained(args.gguf, device)  # None: the installed SmolLM2 (or how to install it)
+    if args.adapter:
+        from .lora import load_adapter
+
+        load_adapter(model, args.adapter)
     session = Chat(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens, options=options)
     if args.prompt is not None:
         pieces = session.send(args.prompt, seed=args.seed)  # a chat too long for the context fails here
@@ -258,10 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     _train_parser(commands.add_parser("train", help="train a GPT on a text file"))
     _sample_parser(commands.add_parser("sample", help="generate text from a checkpoint"))
     _chat_parser(commands.add_parser("chat", help="chat with an instruct model (default: SmolLM2-135M-Instruct)"))
+    _finetune_parser(commands.add_parser("finetune", help="teach SmolLM2 a task: LoRA or full fine-tuning"))
     args = parser.parse_args(argv)
     if args.command == "chat":
         return _run(chat, args, interrupted="interrupted")
-    return _run(train if args.command == "train" else sample, args)
+    return _run({"train": train, "sample": sample, "finetune": finetune}[args.command], args)
 
 
 def train_main() -> int:

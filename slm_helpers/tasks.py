@@ -56,11 +56,18 @@ TRAIN_PHRASINGS = [
     "After years of study, {name} became {a_job}. At {age}, {first} lives in {city}.",
     "Our new neighbour in {city} is {name}, {a_job}, who turned {age} in spring.",
     "{name} ({age}) has been {a_job} in {city} since {year}.",
+    "As {a_job} in {city}, {name} is always busy. {first} is {age}.",
+    "{city}, {year}: {name}, aged {age}, starts work as {a_job}.",
+    "At {age}, {name} still works as {a_job}, now in {city}.",
+    "Ask anyone in {city} about {name}: the {job} is {age} and well known.",
+    "Name: {name}. Age: {age}. Lives in {city}, works as {a_job}.",
+    "The {age}-year-old {name} is {a_job} based in {city}.",
 ]
 TEST_PHRASINGS = [
     "Born {age} years ago, {name} now works in {city} as {a_job}.",
     "The {job} {name}, {age}, arrived in {city} in {year}.",
     "{city} has a new {job}: {name}, who is {age}.",
+    "{name} works in {city}. {first} is {a_job} and {age} years old.",
 ]
 
 

@@ -1,0 +1,87 @@
+"""Fine-tuning a pretrained chat model on a task: LoRA adapters, or every weight (lesson 13).
+
+The course's ``Trainer`` does the training; this file prepares it. The task's examples become chats
+(``chat.training_pair``) whose prompt tokens are left out of the loss (``data.ChatExamples``), the
+model gets adapters (``lora.add_lora``) or trains whole, and ``finetune_config`` holds the settings
+each kind needs. ``summary`` measures what a run cost and what it learned.
+
+What it leaves out: mixing general chat data into the training set, the usual way to forget less;
+packing several short examples into one row (each row here is one example, padded).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+from .chat import training_pair
+from .data import ChatExamples
+from .errors import SLMError
+from .lora import add_lora
+from .tasks import TASKS, greedy_matches
+from .train import TrainConfig, Trainer
+
+# Peak learning rates. An adapter starts at zero and has few numbers to move: it takes a large rate.
+# Full fine-tuning moves every pretrained weight; at the adapter's rate it would overwrite what the
+# model knows (and exaggerate what it forgets), so it gets the rates models are fine-tuned with.
+LORA_LR, FULL_LR = 2e-3, 5e-5
+
+
+def task_pairs(tokenizer, examples) -> list[tuple[list[int], list[int]]]:
+    """A task's examples as (prompt ids, reply ids) chat pairs: one user message, the answer."""
+    return [training_pair(tokenizer, [{"role": "user", "content": e.prompt},
+                                      {"role": "assistant", "content": e.answer}]) for e in examples]
+
+
+def finetune_config(full: bool = False, steps: int = 60, **changes) -> TrainConfig:
+    """Lesson 13's training settings for LoRA (``full=False``) or full fine-tuning; ``changes``
+    override any TrainConfig field."""
+    lr = FULL_LR if full else LORA_LR
+    settings = dict(max_iters=steps, batch_size=8, learning_rate=lr, min_lr=lr / 10, warmup_iters=5,
+                    weight_decay=0.0, eval_interval=max(1, steps // 4), eval_iters=4, seed=0,
+                    trainable_only=not full)
+    return TrainConfig(**{**settings, **changes})
+
+
+def finetune_trainer(model, tokenizer, *, task: str = "json", full: bool = False, rank: int = 8,
+                     alpha: float = 16.0, cfg: TrainConfig | None = None, n_train: int = 2000,
+                     n_val: int = 32, out_dir: str | Path | None = None, device="cpu") -> Trainer:
+    """A Trainer that fine-tunes ``model`` on ``task``'s training examples, scored on ``n_val``
+    more of them (same phrasings, other examples); with LoRA unless ``full``."""
+    if task not in TASKS:
+        raise SLMError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    cfg = cfg or finetune_config(full)
+    if not full:
+        add_lora(model, rank=rank, alpha=alpha)
+    make = TASKS[task]
+    train, val = task_pairs(tokenizer, make(n_train, "train")), task_pairs(tokenizer, make(n_val, "train", seed=1))
+    seq_len = cfg.seq_len or max(len(p) + len(r) for p, r in train + val) - 1
+    cfg = TrainConfig(**{**cfg.to_dict(), "seq_len": seq_len})
+    return Trainer(model, ChatExamples(train, seq_len, name="train"), ChatExamples(val, seq_len, name="val"),
+                   cfg, tokenizer=tokenizer, out_dir=out_dir, device=device)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MB (it only grows)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the optimizer's state: AdamW keeps two numbers (the moments) per trained number."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if hasattr(t, "numel") and t.dim() > 0)
+
+
+def summary(trainer: Trainer, tokenizer, task: str = "json", n_test: int = 200) -> dict:
+    """What a fine-tuning run learned and cost: held-out exact match, parameters, memory, time."""
+    model = trainer.model
+    matches = greedy_matches(model, task_pairs(tokenizer, TASKS[task](n_test, "test")))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = max(1, trainer.step)
+    return {"exact_match": sum(matches) / len(matches), "test_examples": len(matches),
+            "trainable_params": trained, "params": sum(p.numel() for p in model.parameters()),
+            "optimizer_state_mb": optimizer_state_bytes(trainer.optimizer) / 2**20,
+            "peak_memory_mb": peak_memory_mb(), "steps": trainer.step,
+            "seconds_per_step": trainer.train_seconds / steps}
