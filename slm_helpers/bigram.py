@@ -15,7 +15,8 @@ from .model import language_model_loss
 
 
 class CountingBigram:
-    """P(next | current) estimated from counts, with add-``smoothing`` so no pair has probability 0."""
+    """P(next | current) estimated from counts, with add-``smoothing`` so no pair has probability
+    0."""
 
     def __init__(self, counts: torch.Tensor, smoothing: float = 1.0):
         self.counts = counts
@@ -28,7 +29,8 @@ class CountingBigram:
         if len(ids) < 2:
             raise SLMError("need at least two tokens to count a bigram")
         pairs = ids[:-1] * vocab_size + ids[1:]  # each (current, next) pair as one flat index
-        counts = torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
+        counts = torch.bincount(pairs, minlength=vocab_size * vocab_size).view(vocab_size,
+                                                                               vocab_size)
         return cls(counts, smoothing)
 
     @property
@@ -39,7 +41,8 @@ class CountingBigram:
         """Average negative log-likelihood (nats per token) of ``ids`` under the model."""
         return -self.probs[ids[:-1], ids[1:]].log().mean().item()
 
-    def generate(self, start: int, max_new_tokens: int, generator: torch.Generator | None = None) -> list[int]:
+    def generate(self, start: int, max_new_tokens: int,
+                 generator: torch.Generator | None = None) -> list[int]:
         out = [start]
         for _ in range(max_new_tokens):
             out.append(torch.multinomial(self.probs[out[-1]], 1, generator=generator).item())
@@ -47,7 +50,8 @@ class CountingBigram:
 
 
 class BigramLanguageModel(nn.Module):
-    """A neural bigram: row ``i`` of one embedding table holds the logits of the token after ``i``."""
+    """A neural bigram: row ``i`` of one embedding table holds the logits of the token after
+    ``i``."""
 
     block_size = 1  # it only ever looks at the last token
 
@@ -55,7 +59,9 @@ class BigramLanguageModel(nn.Module):
         super().__init__()
         self.logits_table = nn.Embedding(vocab_size, vocab_size)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, only_last: bool = False):
-        """Logits (B, T, V) and the loss if ``targets`` are given; ``only_last``: see ``GPT.forward``."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                only_last: bool = False):
+        """Logits (B, T, V) and the loss if ``targets`` are given; ``only_last``: see
+        ``GPT.forward``."""
         logits = self.logits_table(idx[:, -1:] if only_last else idx)  # (B, T, V)
         return logits, language_model_loss(logits, targets, only_last)

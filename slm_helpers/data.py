@@ -1,9 +1,9 @@
 """Corpora: find the text, clean it, split it, and cut it into training batches.
 
-``CORPORA`` lists every text the course knows by name, and ``load_text`` reads one (or any UTF-8 file
-of yours) through ``text_blocks``, the package's one reader of text files. The small corpora ship in
-``data/``; a missing file (TinyStories, or any of them when the package is installed without the
-repository) is downloaded once and checked, by download.py. Left out: tokenizing (tokenizers/,
+``CORPORA`` lists every text the course knows by name, and ``load_text`` reads one (or any UTF-8
+file of yours) through ``text_blocks``, the package's one reader of text files. The small corpora
+ship in ``data/``; a missing file (TinyStories, or any of them when the package is installed without
+the repository) is downloaded once and checked, by download.py. Left out: tokenizing (tokenizers/,
 tokens.py) and shuffling (text is ordered, so the validation split is its end).
 
 Batches come from a *source*: ``TokenWindows`` (random windows of one token stream, for pretraining)
@@ -27,7 +27,8 @@ from .errors import SLMError
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
-# Where each data file comes from, pinned so the bytes never change under us (provenance: data/README.md).
+# Where each data file comes from, pinned so the bytes
+# never change under us (provenance: data/README.md).
 _TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 DATA_FILES = {
     "tinyshakespeare.txt": RemoteFile(
@@ -45,9 +46,12 @@ DATA_FILES = {
         "defaedb58bf28079f3e29c6142cb7f3568d331a577e0911c5d7925c465c50c43",
         3_794,
     ),
-    # TinyStories version 2: the stories GPT-4 wrote (the cleaner half of the dataset); no published hash
-    "TinyStoriesV2-GPT4-train.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-train.txt", None, 2_227_753_162),
-    "TinyStoriesV2-GPT4-valid.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt", None, 22_502_601),
+    # TinyStories version 2: the stories GPT-4 wrote (the
+    # cleaner half of the dataset); no published hash
+    "TinyStoriesV2-GPT4-train.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-train.txt", None,
+                                               2_227_753_162),
+    "TinyStoriesV2-GPT4-valid.txt": RemoteFile(f"{_TINYSTORIES}/TinyStoriesV2-GPT4-valid.txt", None,
+                                               22_502_601),
     "gpt2/vocab.bpe": RemoteFile(
         "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
         "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -63,9 +67,10 @@ DATA_FILES = {
 
 @dataclass(frozen=True)
 class Corpus:
-    """A text known by name: the data files to train on, in order, and the files to validate on where it
-    has its own (else the last ``val_fraction`` of the training text is the validation split).
-    ``streamed``: too large to read whole, so only tokenizer gpt2 takes it, tokenized as it streams in."""
+    """A text known by name: the data files to train on, in order, and the files to validate on
+    where it has its own (else the last ``val_fraction`` of the training text is the validation
+    split). ``streamed``: too large to read whole, so only tokenizer gpt2 takes it, tokenized as it
+    streams in."""
 
     name: str
     train: tuple[str, ...]
@@ -75,34 +80,40 @@ class Corpus:
 
 
 CORPORA = {corpus.name: corpus for corpus in [
-    Corpus("shakespeare", ("tinyshakespeare.txt",), note="Tiny Shakespeare: 1 MB of the plays (lessons 1-7, 9, 10)"),
+    Corpus("shakespeare", ("tinyshakespeare.txt",),
+           note="Tiny Shakespeare: 1 MB of the plays (lessons 1-7, 9, 10)"),
     Corpus("darwin", ("origin_of_species.txt",),
            note="On the Origin of Species (1859), without Project Gutenberg's header and licence"),
-    Corpus("tinystories-sample", ("tinystories_sample.txt",), note="five TinyStories, shipped (lesson 8's demo)"),
-    Corpus("tinystories", ("TinyStoriesV2-GPT4-train.txt",), ("TinyStoriesV2-GPT4-valid.txt",), streamed=True,
+    Corpus("tinystories-sample", ("tinystories_sample.txt",),
+           note="five TinyStories, shipped (lesson 8's demo)"),
+    Corpus("tinystories", ("TinyStoriesV2-GPT4-train.txt",), ("TinyStoriesV2-GPT4-valid.txt",),
+           streamed=True,
            note="TinyStories: the 2.2 GB train file for training, the valid file for validation"),
     Corpus("tinystories-valid", ("TinyStoriesV2-GPT4-valid.txt",), streamed=True,
            note="TinyStories' 22 MB valid file alone, split into train and val (the small option)"),
     Corpus("tinystories-sample+shakespeare", ("tinystories_sample.txt", "tinyshakespeare.txt"),
-           note="offline stand-in for TinyStories: the five shipped stories, then Tiny Shakespeare"),
+           note="offline stand-in for TinyStories: the five shipped stories, then Tiny "
+                "Shakespeare"),
 ]}
 
 
 def data_path(filename: str) -> Path:
-    """Path of a file of ``DATA_FILES``: in ``$SLM_DATA_DIR``, the repository's ``data/`` or the cache, else
-    downloaded (checked) into ``download_dir()`` on first use."""
+    """Path of a file of ``DATA_FILES``: in ``$SLM_DATA_DIR``, the repository's ``data/`` or the
+    cache, else downloaded (checked) into ``download_dir()`` on first use."""
     env = os.environ.get("SLM_DATA_DIR")
     for folder in [*([Path(env)] if env else []), REPO_DATA_DIR, cache_dir()]:
         if (folder / filename).is_file():
             return folder / filename
     if filename not in DATA_FILES:
-        raise SLMError(f"unknown data file {filename!r}; known files: {', '.join(sorted(DATA_FILES))}")
+        raise SLMError(f"unknown data file {filename!r}; known files: "
+                       f"{', '.join(sorted(DATA_FILES))}")
     remote = DATA_FILES[filename]
     return download(remote.url, download_dir() / filename, sha256=remote.sha256, size=remote.size)
 
 
 def text_file(path: str | Path, *, expected: str = "a UTF-8 text file") -> Path:
-    """``path`` if it is a file with something in it, else an error that says what it is and what to pass."""
+    """``path`` if it is a file with something in it, else an error that says what it is and what to
+    pass."""
     path = Path(path)
     instead = f"pass {expected} or a corpus name ({', '.join(CORPORA)})"
     if path.is_dir():
@@ -129,17 +140,19 @@ def _blocks(path: Path, block_chars: int) -> Iterator[str]:
             while block := f.read(block_chars):
                 yield block
     except UnicodeDecodeError:
-        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset {_first_bad_byte(path):,}); "
-                       "convert it to UTF-8 first") from None
+        raise SLMError(f"data file {path} is not UTF-8 text (bad byte at offset "
+                       f"{_first_bad_byte(path):,}); convert it to UTF-8 first") from None
 
 
 def _first_bad_byte(path: Path) -> int:
-    """Where the first byte that is not UTF-8 sits in ``path`` (a text stream counts from its last read)."""
+    """Where the first byte that is not UTF-8 sits in ``path`` (a text stream counts from its last
+    read)."""
     decoder, done = codecs.getincrementaldecoder("utf-8")(), 0
     with open(path, "rb") as f:
         while True:
             block = f.read(1 << 20)
-            held = len(decoder.getstate()[0])  # the start of a character cut off by the previous block
+            # the start of a character cut off by the previous block
+            held = len(decoder.getstate()[0])
             try:
                 decoder.decode(block, final=not block)
             except UnicodeDecodeError as err:
@@ -160,8 +173,10 @@ def strip_gutenberg(text: str) -> str:
         return text
     body_start = text.index("\n", start) + 1
     body = text[body_start:end].strip()
-    # Some eBooks (#1228, Darwin) open with Gutenberg's note on their other editions: not the author's words.
-    body = re.sub(r"\AThere are several editions of this ebook in the Project Gutenberg collection\..*?\n{3,}",
+    # Some eBooks (#1228, Darwin) open with Gutenberg's
+    # note on their other editions: not the author's words.
+    body = re.sub(r"\AThere are several editions of this ebook in the Project Gutenberg "
+                  r"collection\..*?\n{3,}",
                   "", body, flags=re.DOTALL | re.IGNORECASE)
     return body + "\n"
 
@@ -175,17 +190,20 @@ def load_file(path: str | Path) -> str:
 
 
 def load_text(name_or_path: str | Path) -> str:
-    """A corpus by name (a key of ``CORPORA``: its training files, one after the other) or any UTF-8 file."""
+    """A corpus by name (a key of ``CORPORA``: its training files, one after the other) or any UTF-8
+    file."""
     corpus = CORPORA.get(str(name_or_path))
     if corpus is None:
         return load_file(name_or_path)
     if corpus.streamed:
-        raise SLMError(f"corpus {corpus.name!r} is too large to read whole; train on it with tokenizer: gpt2")
+        raise SLMError(f"corpus {corpus.name!r} is too large to read whole; train on it with "
+                       "tokenizer: gpt2")
     return "".join(load_file(data_path(name)) for name in corpus.train)
 
 
 def train_val_split(data, val_fraction: float = 0.1):
-    """First ``1 - val_fraction`` for training, the rest for validation (no shuffling: text is ordered)."""
+    """First ``1 - val_fraction`` for training, the rest for validation (no shuffling: text is
+    ordered)."""
     check_val_fraction(val_fraction)
     n = int(len(data) * (1 - val_fraction))
     return data[:n], data[n:]
@@ -196,9 +214,11 @@ def check_val_fraction(val_fraction: float) -> None:
         raise SLMError(f"val_fraction must be between 0 and 1, got {val_fraction}")
 
 
-def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: torch.device | str = "cpu",
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
+              device: torch.device | str = "cpu",
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` random windows of ``block_size`` tokens (x) and the same windows shifted by one (y)."""
+    """``batch_size`` random windows of ``block_size`` tokens (x) and the same windows shifted by
+    one (y)."""
     if len(data) < block_size + 1:
         raise SLMError(f"this split has {len(data):,} tokens but a window needs block_size + 1 = "
                        f"{block_size + 1:,}; use a smaller block_size or more text")
@@ -208,9 +228,11 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int, device: torc
 
 def batch_at(data, starts: torch.Tensor, block_size: int,
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows of ``block_size`` tokens that begin at ``starts`` (x), and the same shifted by one (y).
+    """The windows of ``block_size`` tokens that begin at ``starts`` (x), and the same shifted by
+    one (y).
 
-    ``data`` is a 1-D LongTensor, or anything that indexes like one, such as a ``tokens.TokenFile`` on disk.
+    ``data`` is a 1-D LongTensor, or anything that indexes like one, such as a ``tokens.TokenFile``
+    on disk.
     """
     windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
     device = torch.device(device)
@@ -221,18 +243,21 @@ def batch_at(data, starts: torch.Tensor, block_size: int,
     return windows[:, :-1], windows[:, 1:]
 
 
-# F.cross_entropy's default ignore_index: a target equal to it adds nothing to the loss (nor its mean's count).
+# F.cross_entropy's default ignore_index: a target equal
+# to it adds nothing to the loss (nor its mean's count).
 IGNORE_INDEX = -100
 
 
 class TokenWindows:
-    """Batch source: random windows of ``seq_len`` tokens of one token stream (``data``: a 1-D LongTensor
-    or a ``tokens.TokenFile``), as ``get_batch`` draws them. ``name`` names the split in errors."""
+    """Batch source: random windows of ``seq_len`` tokens of one token stream (``data``: a 1-D
+    LongTensor or a ``tokens.TokenFile``), as ``get_batch`` draws them. ``name`` names the split in
+    errors."""
 
     def __init__(self, data, seq_len: int, name: str = "this"):
         if len(data) < seq_len + 1:
-            raise SLMError(f"the {name} split has {len(data):,} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
-                           "use more text or a smaller block_size (or train.seq_len)")
+            raise SLMError(f"the {name} split has {len(data):,} tokens, fewer than seq_len + 1 = "
+                           f"{seq_len + 1}; use more text or a smaller block_size (or "
+                           "train.seq_len)")
         self.data, self.seq_len = data, seq_len
 
     def __len__(self) -> int:
@@ -242,25 +267,30 @@ class TokenWindows:
         """The starts of ``n`` random windows."""
         return torch.randint(len(self.data) - self.seq_len, (n,), generator=generator)
 
-    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor,
+                                                                                      torch.Tensor]:
         """The windows that begin at ``picks`` (x) and the same shifted by one token (y)."""
         return batch_at(self.data, picks, self.seq_len, device)
 
 
 class ChatExamples:
-    """Batch source for instruction tuning: each example a (prompt ids, reply ids) pair, e.g. a question
-    in a chat template and its answer. A row of a batch is one example, prompt then reply, cut to
-    ``seq_len + 1`` tokens and padded with ``pad_id``; its targets are ``IGNORE_INDEX`` where they are
-    prompt tokens or padding, so the model learns to write the replies, not to predict the prompts."""
+    """Batch source for instruction tuning: each example a (prompt ids, reply ids) pair, e.g. a
+    question in a chat template and its answer. A row of a batch is one example, prompt then reply,
+    cut to ``seq_len + 1`` tokens and padded with ``pad_id``; its targets are ``IGNORE_INDEX`` where
+    they are prompt tokens or padding, so the model learns to write the replies, not to predict the
+    prompts."""
 
     def __init__(self, examples, seq_len: int, *, pad_id: int = 0, name: str = "this"):
-        self.examples = [(list(map(int, prompt)), list(map(int, reply))) for prompt, reply in examples]
+        self.examples = [(list(map(int, prompt)), list(map(int, reply))) for prompt,
+                         reply in examples]
         if not self.examples:
-            raise SLMError(f"the {name} split has no examples; give it (prompt ids, reply ids) pairs")
+            raise SLMError(f"the {name} split has no examples; give it (prompt ids, reply ids) "
+                           "pairs")
         for i, (prompt, reply) in enumerate(self.examples):
             if not prompt or not reply or len(prompt) > seq_len:
-                raise SLMError(f"example {i} of the {name} split has a prompt of {len(prompt)} and a reply of "
-                               f"{len(reply)} tokens; each needs both, and the prompt at most seq_len = {seq_len}")
+                raise SLMError(f"example {i} of the {name} split has a prompt of {len(prompt)} and "
+                               f"a reply of {len(reply)} tokens; each needs both, and the prompt "
+                               f"at most seq_len = {seq_len}")
         self.seq_len, self.pad_id = seq_len, pad_id
 
     def __len__(self) -> int:
@@ -270,22 +300,25 @@ class ChatExamples:
         """The indices of ``n`` random examples."""
         return torch.randint(len(self.examples), (n,), generator=generator)
 
-    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, picks: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor,
+                                                                                      torch.Tensor]:
         x = torch.full((len(picks), self.seq_len), self.pad_id, dtype=torch.long)
         y = torch.full((len(picks), self.seq_len), IGNORE_INDEX, dtype=torch.long)
         for row, i in enumerate(picks.tolist()):
             prompt, reply = self.examples[i]
             ids = torch.tensor((prompt + reply)[:self.seq_len + 1])
             x[row, :len(ids) - 1], y[row, :len(ids) - 1] = ids[:-1], ids[1:]
-            y[row, :len(prompt) - 1] = IGNORE_INDEX  # the targets that are prompt tokens: the reply's first is kept
+            # the targets that are prompt tokens: the reply's first is kept
+            y[row, :len(prompt) - 1] = IGNORE_INDEX
         return x.to(device), y.to(device)
 
 
 def as_source(data, seq_len: int, name: str = "this"):
-    """``data`` as a batch source: itself if it is one (of ``seq_len`` tokens), else its ``TokenWindows``."""
+    """``data`` as a batch source: itself if it is one (of ``seq_len`` tokens), else its
+    ``TokenWindows``."""
     if not hasattr(data, "draw"):
         return TokenWindows(data, seq_len, name)
     if data.seq_len != seq_len:
-        raise SLMError(f"the {name} split's examples are {data.seq_len} tokens long but training uses seq_len = "
-                       f"{seq_len}; make them alike")
+        raise SLMError(f"the {name} split's examples are {data.seq_len} tokens long but training "
+                       f"uses seq_len = {seq_len}; make them alike")
     return data

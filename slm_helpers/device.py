@@ -27,7 +27,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
         if kind not in available:
             raise SLMError(f"unknown device {prefer!r}; use one of cpu, cuda, mps")
         if not available[kind]:
-            raise SLMError(f"device {prefer!r} is not available on this machine; use 'cpu' or leave it unset")
+            raise SLMError(f"device {prefer!r} is not available on this machine; use 'cpu' or "
+                           "leave it unset")
         device = torch.device(prefer)
     elif torch.cuda.is_available():
         device = torch.device("cuda")
@@ -41,7 +42,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def use_tf32() -> None:
-    """Let float32 matrix multiplies on CUDA use TF32 tensor cores (Ampere and newer; ignored before).
+    """Let float32 matrix multiplies on CUDA use TF32 tensor cores (Ampere and newer; ignored
+    before).
 
     TF32 keeps float32's range with a 10-bit mantissa, like float16's: several times faster, and
     training curves are indistinguishable (nanoGPT and most training code turn it on). Only CUDA
@@ -79,10 +81,12 @@ def supports_bf16(device: torch.device | str) -> bool:
     Older GPUs (T4, V100) only emulate bfloat16 and get float16 instead. Apple silicon computes
     bfloat16 on macOS 14 or later, but autocast on MPS is recent in PyTorch and not a dependable
     speed-up for models this small, so the course trains in float32 there. CPUs compute bfloat16
-    correctly but, without AMX units, slower than float32. ``precision.autocast_dtype`` follows this answer.
+    correctly but, without AMX units, slower than float32. ``precision.autocast_dtype`` follows this
+    answer.
     """
     device = torch.device(device)
-    if device.type == "cuda":  # native bf16 arrived with Ampere (compute capability 8); older GPUs emulate it
+    # native bf16 arrived with Ampere (compute capability 8); older GPUs emulate it
+    if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     return False
 

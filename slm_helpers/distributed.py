@@ -44,7 +44,8 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Only the main process (rank 0) writes files and prints: N processes would write everything N times."""
+    """Only the main process (rank 0) writes files and prints: N processes would write everything N
+    times."""
     return rank() == 0
 
 

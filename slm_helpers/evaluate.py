@@ -8,7 +8,8 @@
   one compares models whose tokenizers differ: a BPE token stands for several bytes, so its loss
   per token is higher than a character model's for the same quality.
 
-``estimate_loss`` is the trainer's quick measure during training: the mean loss of a few random batches.
+``estimate_loss`` is the trainer's quick measure during training: the mean loss of a few random
+batches.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ class Evaluation:
         return self.bits_per_token * self.tokens_per_byte
 
     def as_dict(self) -> dict:
-        return {"loss": self.loss, "perplexity": self.perplexity, "bits per token": self.bits_per_token,
+        return {"loss": self.loss, "perplexity": self.perplexity,
+                "bits per token": self.bits_per_token,
                 "tokens per byte": self.tokens_per_byte, "bits per byte": self.bits_per_byte}
 
 
 def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, new) for each window: inputs ids[begin:end], targets ids[begin + 1:end + 1], of
-    which the last ``new`` have not been scored by an earlier window. Every target is scored once."""
+    which the last ``new`` have not been scored by an earlier window. Every target is scored
+    once."""
     out, scored_until = [], 0
     for begin in range(0, n - 1, stride):
         end = min(begin + block_size, n - 1)
@@ -85,17 +88,21 @@ def split_loss(model, ids, *, block_size: int | None = None, stride: int | None 
     windows = _windows(len(ids), block_size, stride)
     total, count = 0.0, 0
     with eval_mode(model):
-        for length in sorted({end - begin for begin, end, _ in windows}):  # equal lengths batch together
+        # equal lengths batch together
+        for length in sorted({end - begin for begin, end, _ in windows}):
             same = [w for w in windows if w[1] - w[0] == length]
             for i in range(0, len(same), batch_size):
                 batch = same[i:i + batch_size]
                 x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
                 y = torch.stack([ids[b + 1:e + 1] for b, e, _ in batch]).to(device)
-                nll = F.cross_entropy(model(x)[0].float().flatten(0, 1), y.flatten(), reduction="none")
+                nll = F.cross_entropy(model(x)[0].float().flatten(0, 1), y.flatten(),
+                                      reduction="none")
                 new = torch.tensor([n for _, _, n in batch], device=device)
-                scored = torch.arange(length, device=device) >= length - new[:, None]  # the last `new` of each row
-                # Each batch is summed in float32 and the batches in a Python float (float64): exact enough for
-                # a million tokens, with no float64 tensor on the device (Apple's MPS has none).
+                # the last `new` of each row
+                scored = torch.arange(length, device=device) >= length - new[:, None]
+                # Each batch is summed in float32 and the batches in a Python float (float64): exact
+                # enough for a million tokens, with no float64
+                # tensor on the device (Apple's MPS has none).
                 total += nll.view(len(batch), length)[scored].sum().item()
                 count += sum(n for _, _, n in batch)
     return total / count, count
@@ -110,8 +117,9 @@ def evaluate_ids(model, ids, n_bytes: int, **kwargs) -> Evaluation:
 def scored_bytes(tokenizer, text: str, ids) -> int:
     """UTF-8 bytes of ``text`` that the scored tokens (all but the first) stand for.
 
-    A byte-level BPE token may hold part of a character (the first two bytes of a three-byte one, say):
-    its bytes come from ``decode_bytes``, since decoding it alone as text gives a replacement character."""
+    A byte-level BPE token may hold part of a character (the first two bytes of a three-byte one,
+    say): its bytes come from ``decode_bytes``, since decoding it alone as text gives a replacement
+    character."""
     first = ids[:1].tolist() if hasattr(ids, "tolist") else list(ids[:1])
     first_bytes = (tokenizer.decode_bytes(first) if hasattr(tokenizer, "decode_bytes")
                    else tokenizer.decode(first).encode("utf-8"))
@@ -119,18 +127,21 @@ def scored_bytes(tokenizer, text: str, ids) -> int:
 
 
 def evaluate_text(model, tokenizer, text: str, **kwargs) -> Evaluation:
-    """Loss, perplexity and bits per byte of ``model`` on ``text`` (keywords: see ``split_loss``)."""
+    """Loss, perplexity and bits per byte of ``model`` on ``text`` (keywords: see
+    ``split_loss``)."""
     ids = tokenizer.encode(text)
     return evaluate_ids(model, ids, scored_bytes(tokenizer, text, ids), **kwargs)
 
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict, *, batch_size: int, block_size: int,
-                  eval_iters: int, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, float]:
-    """Mean loss over ``eval_iters`` random batches of each split, in eval mode (no dropout). A split is
-    a token stream (windows of ``block_size`` tokens) or a batch source (data.py).
+                  eval_iters: int, device: torch.device | str = "cpu", seed: int = 0) -> dict[str,
+                                                                                              float]:
+    """Mean loss over ``eval_iters`` random batches of each split, in eval mode (no dropout). A
+    split is a token stream (windows of ``block_size`` tokens) or a batch source (data.py).
 
-    It draws from its own generator seeded with ``seed``, so measuring never changes what training sees.
+    It draws from its own generator seeded with ``seed``, so measuring never changes what training
+    sees.
     """
     out = {}
     with eval_mode(model):

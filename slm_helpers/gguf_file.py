@@ -1,11 +1,13 @@
-"""Reading a GGUF file (llama.cpp's format for released models): its metadata, and its tensors as float32.
+"""Reading a GGUF file (llama.cpp's format for released models): its metadata, and its tensors as
+float32.
 
 A GGUF file is four parts, one after the other (all numbers little-endian)::
 
-    header      b"GGUF", version (uint32), number of tensors (uint64), number of metadata entries (uint64)
-    metadata    key (string), value type (uint32), value: numbers, strings, arrays of either
-    tensor table  per tensor: name, number of dims, dims (innermost first), type (uint32), offset (uint64)
-    data        every tensor's bytes, each starting at a multiple of ``general.alignment`` (default 32)
+    header      b"GGUF", version (uint32), number of tensors (uint64), number of metadata entries
+    (uint64) metadata    key (string), value type (uint32), value: numbers, strings, arrays of
+    either tensor table  per tensor: name, number of dims, dims (innermost first), type (uint32),
+    offset (uint64) data        every tensor's bytes, each starting at a multiple of
+    ``general.alignment`` (default 32)
 
 A string is its length (uint64) and its UTF-8 bytes. Quantized tensors are stored in blocks of 32
 weights that share a scale; ``dequantize`` turns the blocks of each supported type back into floats.
@@ -30,9 +32,11 @@ from .errors import SLMError
 MAGIC = b"GGUF"
 
 # Metadata value types: id -> struct format (numbers), or "str" / "array".
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
-_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
+_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
+          6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 
 # Tensor types this reader turns into floats: id -> (name, weights per block, bytes per block).
@@ -87,8 +91,8 @@ class GGUFFile:
                            "download or install it again") from None
         end = max((t.offset + t.nbytes for t in self.tensors.values()), default=self.data_offset)
         if end > len(self._data):
-            raise SLMError(f"{self.path} is truncated: its tensors need {end:,} bytes and the file has "
-                           f"{len(self._data):,}; download or install it again")
+            raise SLMError(f"{self.path} is truncated: its tensors need {end:,} bytes and the file "
+                           f"has {len(self._data):,}; download or install it again")
 
     # ----- the header, read front to back -----
 
@@ -123,7 +127,8 @@ class GGUFFile:
         self._pos = 4
         self.version = self._read("<I")
         if self.version not in (2, 3):
-            raise SLMError(f"{self.path} is GGUF version {self.version}; this reader knows versions 2 and 3")
+            raise SLMError(f"{self.path} is GGUF version {self.version}; this reader knows "
+                           "versions 2 and 3")
         n_tensors, n_metadata = self._read("<Q"), self._read("<Q")
         self.metadata: dict[str, object] = {}
         for _ in range(n_metadata):
@@ -135,12 +140,14 @@ class GGUFFile:
             dims = [self._read("<Q") for _ in range(self._read("<I"))]
             table.append((name, tuple(reversed(dims)), self._read("<I"), self._read("<Q")))
         alignment = self.metadata.get("general.alignment", 32)
-        self.data_offset = -(-self._pos // alignment) * alignment  # the data starts at the next multiple
+        # the data starts at the next multiple
+        self.data_offset = -(-self._pos // alignment) * alignment
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, type_id, offset in table:
             _, block, block_bytes = TENSOR_TYPES.get(type_id, (None, 1, 0))
             nbytes = int(np.prod(shape)) // block * block_bytes
-            self.tensors[name] = TensorInfo(name, _type_name(type_id), shape, self.data_offset + offset, nbytes)
+            self.tensors[name] = TensorInfo(name, _type_name(type_id), shape,
+                                            self.data_offset + offset, nbytes)
 
     # ----- tensors -----
 
@@ -155,7 +162,8 @@ class GGUFFile:
         if info.kind not in {kind for kind, _, _ in TENSOR_TYPES.values()}:
             raise SLMError(f"tensor {name} is stored as {info.kind}, which this reader cannot read "
                            f"(it reads {', '.join(kind for kind, _, _ in TENSOR_TYPES.values())}); "
-                           "convert the model to one of those, e.g. with llama.cpp's llama-quantize")
+                           "convert the model to one of those, e.g. with llama.cpp's "
+                           "llama-quantize")
         return dequantize(self.raw(name), info.kind).view(info.shape)
 
 
@@ -168,7 +176,8 @@ def dequantize(raw: torch.Tensor, kind: str) -> torch.Tensor:
     In a 4-bit block, byte j holds weight j in its low half and weight j + 16 in its high half.
     """
     if kind in ("F32", "F16", "BF16"):
-        return raw.view({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[kind]).float()
+        return raw.view({"F32": torch.float32, "F16": torch.float16,
+                         "BF16": torch.bfloat16}[kind]).float()
     blocks = raw.view(-1, {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[kind])  # (n_blocks, bytes per block)
     d = blocks[:, 0:2].contiguous().view(torch.float16).float()  # (n_blocks, 1)
     if kind == "Q8_0":

@@ -20,21 +20,23 @@ class KVCache:
 
     ``length`` says how many positions hold real data and ``position`` how many tokens the cache has
     seen (the position of the next one). The buffers start at ``reserve`` positions (default:
-    ``block_size``) and double when they fill, up to ``block_size``: a chat reply needs its prompt and
-    its reply, not a real model's 8,192-token context. (New, lesson 12.)
+    ``block_size``) and double when they fill, up to ``block_size``: a chat reply needs its prompt
+    and its reply, not a real model's 8,192-token context. (New, lesson 12.)
 
-    # New (lesson 11): ``slide=True`` (RoPE models) lets it run past ``block_size`` tokens. The oldest
-    keys and values are dropped and nothing is recomputed: every token then attends to itself and the
-    ``block_size - 1`` tokens before it, at every layer, with the keys and values those tokens got
-    when they were new. That is exactly sliding-window attention over the whole text (what
-    ``GPT.forward`` computes on a sequence longer than ``block_size``), not the model rerun on the
-    last ``block_size`` tokens. With learned positions a cache cannot slide: every position would shift.
+    # New (lesson 11): ``slide=True`` (RoPE models) lets it run past ``block_size`` tokens. The
+    oldest keys and values are dropped and nothing is recomputed: every token then attends to itself
+    and the ``block_size - 1`` tokens before it, at every layer, with the keys and values those
+    tokens got when they were new. That is exactly sliding-window attention over the whole text
+    (what ``GPT.forward`` computes on a sequence longer than ``block_size``), not the model rerun on
+    the last ``block_size`` tokens. With learned positions a cache cannot slide: every position
+    would shift.
     """
 
     def __init__(self, batch_size: int, n_head: int, block_size: int, head_size: int, device=None,
                  dtype=torch.float32, slide: bool = False, reserve: int | None = None):
         positions = block_size if reserve is None else max(1, min(reserve, block_size))
-        self.k = torch.zeros(batch_size, n_head, positions, head_size, device=device, dtype=dtype)  # (B, nh, T, hs)
+        # (B, nh, T, hs)
+        self.k = torch.zeros(batch_size, n_head, positions, head_size, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.block_size = block_size
         self.length = 0
@@ -44,7 +46,8 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys and values of the new positions after the cached ones; return all of them
         (the cached ones first). Their positions end at ``position``, which this call advances."""
-        if self.length + k.size(2) > self.k.size(2) < self.block_size:  # grow the buffers, up to block_size
+        # grow the buffers, up to block_size
+        if self.length + k.size(2) > self.k.size(2) < self.block_size:
             grown = min(self.block_size, max(self.length + k.size(2), 2 * self.k.size(2)))
             self.k, self.v = (F.pad(t, (0, 0, 0, grown - t.size(2))) for t in (self.k, self.v))
         capacity, end = self.k.size(2), self.length + k.size(2)
@@ -54,16 +57,19 @@ class KVCache:
             self.length = end
             return self.k[:, :, :end], self.v[:, :, :end]
         if not self.slide:
-            raise SLMError(f"the KV cache holds {capacity} positions and {end} were asked for; with learned "
-                           "positions, start a new cache (sampling does this for you)")
+            raise SLMError(f"the KV cache holds {capacity} positions and {end} were asked for; "
+                           "with learned positions, start a new cache (sampling does this for you)")
         # The new queries may still need the old keys, so all of them go into this call's attention;
         # the next token sees itself and the block_size - 1 before it, so that many are kept.
         keys = torch.cat([self.k[:, :, :self.length], k], dim=2)
         values = torch.cat([self.v[:, :, :self.length], v], dim=2)
         self.length = capacity - 1
-        self.k[:, :, :self.length], self.v[:, :, :self.length] = keys[:, :, -self.length:], values[:, :, -self.length:]
+        self.k[:, :, :self.length], self.v[:, :, :self.length] = keys[:, :,
+                                                                      -self.length:], values[:, :,
+                                                                                             -self.length:]
         return keys, values
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep the rows ``index`` (in that order): beam search continues some beams twice, others not at all."""
+        """Keep the rows ``index`` (in that order): beam search continues some beams twice, others
+        not at all."""
         self.k, self.v = self.k[index], self.v[index]

@@ -4,10 +4,10 @@ MFU answers "how much of the hardware did the training use?": the FLOPs the mode
 at the measured speed, divided by what the device can do at best. Good large runs reach 40-50%; a
 small model on one GPU often 10-30%, because small matrix multiplies cannot fill the device.
 
-Every run with an output folder appends one JSON object per line to ``metrics.jsonl`` (an evaluation,
-and optionally the training loss every few steps), so the curves can be redrawn at any time with
-``plotting.plot_metrics``, even while the run goes on. Weights & Biases gets the same records when
-``wandb: true`` (set ``WANDB_MODE=offline`` to log without an account or a network).
+Every run with an output folder appends one JSON object per line to ``metrics.jsonl`` (an
+evaluation, and optionally the training loss every few steps), so the curves can be redrawn at any
+time with ``plotting.plot_metrics``, even while the run goes on. Weights & Biases gets the same
+records when ``wandb: true`` (set ``WANDB_MODE=offline`` to log without an account or a network).
 """
 
 from __future__ import annotations
@@ -50,20 +50,23 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 
 def flops_per_token(model, seq_len: int | None = None) -> int:
-    """Training FLOPs per token of a GPT: 6N + 12·L·H·Q·T (the PaLM paper's appendix B, as in nanoGPT).
+    """Training FLOPs per token of a GPT: 6N + 12·L·H·Q·T (the PaLM paper's appendix B, as in
+    nanoGPT).
 
-    6N: each parameter does a multiply and an add per token (2 FLOPs) forward and twice that backward.
-    12·L·H·Q·T: attention's own matrix multiplies (scores and weighted sum), which have no parameters;
-    L layers, H heads of Q dimensions, T tokens of context (``seq_len``, default ``block_size``). N is
-    ``num_params()``: the token embedding counts (it is also the output layer), the position embedding
-    does not (a lookup, no multiplies).
+    6N: each parameter does a multiply and an add per token (2 FLOPs) forward and twice that
+    backward. 12·L·H·Q·T: attention's own matrix multiplies (scores and weighted sum), which have no
+    parameters; L layers, H heads of Q dimensions, T tokens of context (``seq_len``, default
+    ``block_size``). N is ``num_params()``: the token embedding counts (it is also the output
+    layer), the position embedding does not (a lookup, no multiplies).
     """
     c = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (seq_len or c.block_size)
+    return (6 * model.num_params()
+            + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * (seq_len or c.block_size))
 
 
-# Colab's free GPU, from the table above. Small models reach only a fraction of its peak; the fraction
-# below is an assumption (no T4 run has measured it yet), used for the lessons' time estimates.
+# Colab's free GPU, from the table above. Small models reach only a fraction of its peak; the
+# fraction below is an assumption (no T4 run has measured
+# it yet), used for the lessons' time estimates.
 T4_PEAK_FLOPS = dict(PEAK_FLOPS)[r"\bT4\b"]
 ASSUMED_T4_MFU = 0.2
 
@@ -80,35 +83,45 @@ def run_flops(run, vocab_size: int) -> float:
     tokens = t.batch_size * (t.seq_len or model.block_size)
     evaluations = t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)
     eval_tokens = evaluations * 2 * t.eval_iters * tokens
-    return flops_per_token(model, t.seq_len or None) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
+    return flops_per_token(model,
+                           t.seq_len
+                           or None) * (t.max_iters * t.grad_accum * tokens + eval_tokens / 3)
 
 
-def estimate_seconds(run, vocab_size: int, peak: float = T4_PEAK_FLOPS, utilisation: float = ASSUMED_T4_MFU) -> float:
-    """Seconds a run should take on a GPU of 16-bit ``peak`` FLOP/s used at ``utilisation`` (default: a
-    Colab T4 at 20%): an estimate from FLOPs alone, for choosing step counts before anyone has timed it."""
+def estimate_seconds(run, vocab_size: int, peak: float = T4_PEAK_FLOPS,
+                     utilisation: float = ASSUMED_T4_MFU) -> float:
+    """Seconds a run should take on a GPU of 16-bit ``peak`` FLOP/s used at ``utilisation``
+    (default: a Colab T4 at 20%): an estimate from FLOPs alone, for choosing step counts before
+    anyone has timed it."""
     return run_flops(run, vocab_size) / (peak * utilisation)
 
 
 def mfu(tokens_per_sec: float | None, flops_per_token: float | None, peak: float | None,
         devices: int = 1) -> float | None:
-    """Model FLOPs utilisation: achieved FLOP/s over the peak of ``devices`` devices; None when unknown."""
+    """Model FLOPs utilisation: achieved FLOP/s over the peak of ``devices`` devices; None when
+    unknown."""
     if not (tokens_per_sec and flops_per_token and peak):
         return None
     return tokens_per_sec * flops_per_token / (peak * devices)
 
 
-def throughput(steps: int, seconds: float, tokens_per_step: int, flops_per_token: float | None = None,
+def throughput(steps: int, seconds: float, tokens_per_step: int,
+               flops_per_token: float | None = None,
                peak: float | None = None, devices: int = 1) -> dict:
-    """Tokens per second and MFU of ``steps`` steps that took ``seconds`` (None for either when unknown)."""
+    """Tokens per second and MFU of ``steps`` steps that took ``seconds`` (None for either when
+    unknown)."""
     tokens_per_sec = steps * tokens_per_step / seconds if steps and seconds > 0 else None
-    return {"tokens_per_sec": tokens_per_sec, "mfu": mfu(tokens_per_sec, flops_per_token, peak, devices)}
+    return {"tokens_per_sec": tokens_per_sec,
+            "mfu": mfu(tokens_per_sec, flops_per_token, peak, devices)}
 
 
 class Throughput:
-    """A run's speed bookkeeping: tokens/s and MFU since the last record of each kind ("eval", "train").
+    """A run's speed bookkeeping: tokens/s and MFU since the last record of each kind ("eval",
+    "train").
 
-    ``tokens_per_step`` counts every micro-batch of every process; ``devices`` is their number. The FLOPs
-    per token are known for models with a GPT ``config``, the peak for the GPUs of ``PEAK_FLOPS``."""
+    ``tokens_per_step`` counts every micro-batch of every process; ``devices`` is their number. The
+    FLOPs per token are known for models with a GPT ``config``, the peak for the GPUs of
+    ``PEAK_FLOPS``."""
 
     def __init__(self, model, device: torch.device | str, tokens_per_step: int, devices: int = 1,
                  seq_len: int | None = None):
@@ -125,13 +138,15 @@ class Throughput:
         """Tokens/s and MFU since the last record of ``kind``, which this one becomes."""
         last_step, last_seconds = self._last[kind]
         self._last[kind] = (step, seconds)
-        return throughput(step - last_step, seconds - last_seconds, self.tokens_per_step, self.flops_per_token,
+        return throughput(step - last_step, seconds - last_seconds, self.tokens_per_step,
+                          self.flops_per_token,
                           self.peak_flops, self.devices)
 
 
 def describe(entry: dict) -> str:
     """One line for an evaluation: losses, perplexity and speed, each where ``entry`` has it."""
-    losses = ", ".join(f"{split} {entry[split]:.4f}" for split in ("train", "val") if split in entry)
+    losses = ", ".join(f"{split} {entry[split]:.4f}" for split in ("train", "val")
+                       if split in entry)
     line = f"step {entry['step']:>6}: {losses}"
     if entry.get("val_ppl") is not None:
         line += f" (perplexity {entry['val_ppl']:.1f})"
@@ -145,10 +160,12 @@ class MetricsLog:
     """Appends records to a JSONL file (one JSON object per line), and to Weights & Biases if asked.
 
     ``path`` None writes no file. With ``wandb_project`` the wandb package is imported here, so a
-    missing package is an error before training starts, not after; without it wandb is never imported.
+    missing package is an error before training starts, not after; without it wandb is never
+    imported.
     """
 
-    def __init__(self, path: str | Path | None, *, wandb_project: str | None = None, run_name: str | None = None,
+    def __init__(self, path: str | Path | None, *, wandb_project: str | None = None,
+                 run_name: str | None = None,
                  run_config: dict | None = None):
         self.path = Path(path) if path is not None else None
         self.wandb = None
@@ -164,7 +181,8 @@ class MetricsLog:
         self._run_id = None
 
     def rewind(self, step: int) -> None:
-        """Forget records after ``step``: a run resumed from its checkpoint at ``step`` logs them again."""
+        """Forget records after ``step``: a run resumed from its checkpoint at ``step`` logs them
+        again."""
         if self.path is None or not self.path.is_file():
             return
         kept = []
@@ -180,16 +198,21 @@ class MetricsLog:
         """Append one record (it must have ``step`` and ``kind``: "eval" or "train")."""
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:  # opened per line: every line is on disk at once
+            # opened per line: every line is on disk at once
+            with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            if self._run is None:  # the same id: a second fit() of the same trainer continues the same wandb run
-                self._run = self.wandb.init(project=self.project, name=self.run_name, config=self.run_config,
+            # the same id: a second fit() of the same trainer continues the same wandb run
+            if self._run is None:
+                self._run = self.wandb.init(project=self.project, name=self.run_name,
+                                            config=self.run_config,
                                             id=self._run_id, resume="allow",
-                                            dir=str(self.path.parent) if self.path is not None else None)
+                                            dir=str(self.path.parent) if self.path is not None
+                                            else None)
                 self._run_id = self._run.id
             numbers = {f"{record['kind']}/{k}": v for k, v in record.items()
-                       if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                       if k not in ("step", "kind") and isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
             self._run.log(numbers, step=record["step"])
 
     def close(self) -> None:
@@ -199,7 +222,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (or of the one in a run folder), optionally of one kind."""
+    """The records of a ``metrics.jsonl`` file (or of the one in a run folder), optionally of one
+    kind."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
@@ -212,7 +236,8 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise SLMError(f"{path} line {number} is not JSON; was the file edited by hand?") from None
+            raise SLMError(f"{path} line {number} is not JSON; was the file edited by "
+                           "hand?") from None
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
@@ -241,8 +266,9 @@ def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
     """Speed and memory of ``trainer``'s recipe: ``warmup`` untimed steps (compilation, allocator
     caches), then ``steps`` timed ones. The trainer trains while it is measured.
 
-    Returns tokens/s, MFU (None without a known peak), milliseconds per step, the activation memory of
-    one micro-batch (``activation_memory``, eager models only) and, on CUDA, the allocator's peak.
+    Returns tokens/s, MFU (None without a known peak), milliseconds per step, the activation memory
+    of one micro-batch (``activation_memory``, eager models only) and, on CUDA, the allocator's
+    peak.
     """
     for _ in range(warmup):
         trainer.train_step()
@@ -265,4 +291,5 @@ def measure_throughput(trainer, steps: int = 5, warmup: int = 1) -> dict:
             "model_tflops": speed["tokens_per_sec"] * per_token / 1e12 if per_token else None,
             "ms_per_step": 1000 * seconds / steps,
             "activation_mb": activations / 2**20 if activations is not None else None,
-            "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda else None}
+            "peak_memory_mb": torch.cuda.max_memory_allocated(trainer.device) / 2**20 if cuda
+            else None}

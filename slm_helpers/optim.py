@@ -10,7 +10,8 @@ Muon is for the 2-D weights inside the blocks. Embeddings are lookups, not linea
 layer's rows are scored one against another, and gains are vectors: AdamW keeps those.
 ``MuonAdamW`` is one optimizer holding both kinds of group, so the trainer, the gradient scaler and
 checkpoints treat it like any other. ``make_optimizer`` sorts a model's parameters by the kind of
-module that holds them (``param_kinds``) and builds the trainer's optimizer: AdamW, or Muon and AdamW.
+module that holds them (``param_kinds``) and builds the trainer's optimizer: AdamW, or Muon and
+AdamW.
 
 What it leaves out: the distributed version (each process orthogonalising its share of the matrices)
 and Nesterov-free momentum. ``torch.optim.Muon`` (torch 2.9+) computes the same Muon update; the
@@ -34,10 +35,11 @@ if TYPE_CHECKING:
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Approximately U Vᵀ of ``g`` = U S Vᵀ: the same singular vectors, singular values pushed towards 1
-    (after five steps the large ones land between about 0.7 and 1.2 and the tiny ones rise by orders of
-    magnitude; exactness buys nothing in training).
+def orthogonalize(g: torch.Tensor, steps: int = 5,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately U Vᵀ of ``g`` = U S Vᵀ: the same singular vectors, singular values pushed
+    towards 1 (after five steps the large ones land between about 0.7 and 1.2 and the tiny ones rise
+    by orders of magnitude; exactness buys nothing in training).
 
     Each step applies p(x) = a·x + b·x³ + c·x⁵ to the singular values (X Xᵀ X has the same singular
     vectors as X, with values cubed). Dividing by the norm first puts them all in (0, 1].
@@ -70,15 +72,19 @@ class MuonAdamW(torch.optim.Optimizer):
     matrix's update as large, per entry, as a square one's (``torch.optim.Muon``'s "original" rule).
     """
 
-    def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95, ns_steps: int = 5,
-                 ns_dtype: torch.dtype | None = None, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, groups: list[dict], *, lr: float = 1e-3, momentum: float = 0.95,
+                 ns_steps: int = 5,
+                 ns_dtype: torch.dtype | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, ns_dtype=ns_dtype, betas=betas, eps=eps,
+        defaults = dict(lr=lr, momentum=momentum, ns_steps=ns_steps, ns_dtype=ns_dtype, betas=betas,
+                        eps=eps,
                         weight_decay=weight_decay, muon=False)
         super().__init__(groups, defaults)
         for group in self.param_groups:
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
-                raise SLMError("Muon updates 2-D weight matrices only; give other parameters to AdamW groups")
+                raise SLMError("Muon updates 2-D weight matrices only; give other parameters to "
+                               "AdamW groups")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -107,13 +113,16 @@ class MuonAdamW(torch.optim.Optimizer):
     def _adamw(p: torch.Tensor, state: dict, group: dict) -> None:
         beta1, beta2 = group["betas"]
         if not state:
-            state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+            state["step"] = 0
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         state["step"] += 1
         state["exp_avg"].lerp_(p.grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        # Both averages start at zero: dividing by 1 - beta^step undoes that bias in the first steps.
+        # Both averages start at zero: dividing by 1 -
+        # beta^step undoes that bias in the first steps.
         step_size = group["lr"] / (1 - beta1 ** state["step"])
-        denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
+        denominator = ((state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_()
+                       .add_(group["eps"]))
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.addcdiv_(state["exp_avg"], denominator, value=-step_size)
 
@@ -123,13 +132,16 @@ def param_kinds(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     under the module that comes first, the token embedding), in ``model.parameters()`` order:
 
     - ``embedding``: the weights of ``nn.Embedding`` lookups (tokens, positions);
-    - ``hidden``: the weight matrices inside the transformer blocks (``model.Block``), ``nn.Linear``'s;
+    - ``hidden``: the weight matrices inside the transformer blocks (``model.Block``),
+    ``nn.Linear``'s;
     - ``matrix``: the other weight matrices (an output layer of its own);
     - ``vector``: what only scales or shifts (1-D): norms' gains and biases, Linear's biases."""
     from .model import Block
 
-    in_blocks = {id(p) for module in model.modules() if isinstance(module, Block) for p in module.parameters()}
-    kinds: dict[str, list[nn.Parameter]] = {"embedding": [], "hidden": [], "matrix": [], "vector": []}
+    in_blocks = {id(p) for module in model.modules() if isinstance(module, Block)
+                 for p in module.parameters()}
+    kinds: dict[str, list[nn.Parameter]] = {"embedding": [], "hidden": [], "matrix": [],
+                                            "vector": []}
     seen: set[int] = set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
@@ -146,38 +158,44 @@ def param_kinds(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return kinds
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the weight matrices and embeddings only: decaying biases, LayerNorm
-    gains or (1-D) scales would pull them towards zero for no benefit.
+def make_optimizer(model: nn.Module, cfg: TrainConfig,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the weight matrices and embeddings only: decaying biases,
+    LayerNorm gains or (1-D) scales would pull them towards zero for no benefit.
 
     New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
     ``muon_lr``, the embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
-    Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them together."""
+    Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them
+    together."""
     kinds = param_kinds(model)
     if cfg.optimizer == "adamw":
         decayed = _in_model_order(model, kinds, "embedding", "hidden", "matrix")
         groups = [{"params": decayed, "weight_decay": cfg.weight_decay},
                   {"params": kinds["vector"], "weight_decay": 0.0}]
         # fused: one CUDA kernel updates every parameter, instead of a handful of kernels per tensor
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                                 eps=cfg.adam_eps,
                                  fused=device.type == "cuda")
     if cfg.optimizer != "muon":
         raise SLMError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
     embedding_scale = (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate
     groups = [
         {"params": kinds["hidden"], "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
-        {"params": kinds["embedding"], "lr_scale": embedding_scale, "weight_decay": cfg.weight_decay},
+        {"params": kinds["embedding"], "lr_scale": embedding_scale,
+         "weight_decay": cfg.weight_decay},
         {"params": kinds["matrix"], "weight_decay": cfg.weight_decay},
         {"params": kinds["vector"], "weight_decay": 0.0},
     ]
-    # bfloat16 Newton-Schulz on GPUs (tensor cores); CPUs without bfloat16 units are faster in float32.
-    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, momentum=cfg.muon_momentum,
+    # bfloat16 Newton-Schulz on GPUs (tensor cores);
+    # CPUs without bfloat16 units are faster in float32.
+    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
+                     momentum=cfg.muon_momentum,
                      ns_dtype=torch.bfloat16 if device.type == "cuda" else None,
                      betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 def _in_model_order(model: nn.Module, kinds: dict, *names: str) -> list[nn.Parameter]:
-    """The parameters of the kinds ``names``, in ``model.parameters()`` order (a checkpoint's optimizer
-    state is matched to the parameters by position)."""
+    """The parameters of the kinds ``names``, in ``model.parameters()`` order (a checkpoint's
+    optimizer state is matched to the parameters by position)."""
     wanted = {id(p) for name in names for p in kinds[name]}
     return [p for p in model.parameters() if id(p) in wanted]

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, Colab, nbval), where figures can redraw in place."""
+    """True inside a Jupyter kernel (JupyterLab, Colab, nbval), where figures can redraw in
+    place."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -22,7 +23,8 @@ def plot_losses(history: list[dict], *, tokens_per_step: int | None = None, ax=N
     """Train and validation loss against steps, with tokens seen on the top axis.
 
     ``history`` holds one dict per evaluation: ``{"step": 100, "train": 2.3, "val": 2.4}``.
-    ``baseline`` draws a dashed reference line (for example ln(vocab size): a model that guesses uniformly).
+    ``baseline`` draws a dashed reference line (for example ln(vocab size): a model that guesses
+    uniformly).
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
@@ -36,7 +38,9 @@ def plot_losses(history: list[dict], *, tokens_per_step: int | None = None, ax=N
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     if tokens_per_step and not any(a.get_label() == "tokens seen" for a in ax.child_axes):
-        top = ax.secondary_xaxis("top", functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
+        top = ax.secondary_xaxis("top",
+                                 functions=(lambda s: s * tokens_per_step,
+                                            lambda t: t / tokens_per_step))
         top.set_label("tokens seen")
         top.set_xlabel("tokens seen")
     if title:
@@ -47,7 +51,8 @@ def plot_losses(history: list[dict], *, tokens_per_step: int | None = None, ax=N
 
 
 class LivePlot:
-    """A loss plot that redraws in place during training in Jupyter; elsewhere, a printed line per update."""
+    """A loss plot that redraws in place during training in Jupyter; elsewhere, a printed line per
+    update."""
 
     def __init__(self, *, tokens_per_step: int | None = None, title: str | None = None,
                  baseline: float | None = None):
@@ -76,8 +81,9 @@ class LivePlot:
 
 
 def plot_metrics(run, *, ax=None, title: str | None = None):
-    """Redraw a run's loss curves from its ``metrics.jsonl`` (``run``: that file or the run's folder):
-    the training loss of every logged step, faint, under the evaluated train and val losses."""
+    """Redraw a run's loss curves from its ``metrics.jsonl`` (``run``: that file or the run's
+    folder): the training loss of every logged step, faint, under the evaluated train and val
+    losses."""
     from .metrics import read_metrics
 
     records = read_metrics(run)
@@ -86,7 +92,8 @@ def plot_metrics(run, *, ax=None, title: str | None = None):
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     if steps:
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="grey", alpha=0.4, lw=1,
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="grey", alpha=0.4,
+                lw=1,
                 label="train (each logged step)")
     later = [r for r in evals if r["step"] > 0]
     tokens_per_step = later[0]["tokens"] // later[0]["step"] if later else None
@@ -94,8 +101,10 @@ def plot_metrics(run, *, ax=None, title: str | None = None):
 
 
 def heatmap(matrix, *, row_labels=None, col_labels=None, ax=None, title: str | None = None,
-            cmap: str = "Blues", annotate: bool = False, fmt: str = "{:.2f}", colorbar: bool = True):
-    """Draw a matrix as a coloured grid, labelled by tokens (counts, probabilities, attention weights)."""
+            cmap: str = "Blues", annotate: bool = False, fmt: str = "{:.2f}",
+            colorbar: bool = True):
+    """Draw a matrix as a coloured grid, labelled by tokens (counts, probabilities, attention
+    weights)."""
     import numpy as np
 
     matrix = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix)
@@ -122,7 +131,8 @@ def heatmap(matrix, *, row_labels=None, col_labels=None, ax=None, title: str | N
 
 
 def grid_of_axes(n: int, *, cols: int = 4, size: float = 3.0):
-    """A figure with ``n`` square panels (for one picture per head or per layer); spare panels hidden."""
+    """A figure with ``n`` square panels (for one picture per head or per layer); spare panels
+    hidden."""
     rows = math.ceil(n / cols)
     cols = min(cols, n)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)

@@ -44,10 +44,12 @@ class SamplingOptions:
 
     temperature: float = 1.0  # 0 means greedy
     top_k: int | None = None  # sample among the k most likely tokens; None: no limit
-    top_p: float | None = None  # sample from the smallest set with this much probability; None: no limit
+    # sample from the smallest set with this much probability; None: no limit
+    top_p: float | None = None
     repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely; 1 is off
     num_beams: int = 1  # > 1: beam search instead of sampling
-    length_penalty: float = 1.0  # beam search ranks finished text by log-probability / length ** this
+    # beam search ranks finished text by log-probability / length ** this
+    length_penalty: float = 1.0
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
 
     def __post_init__(self):
@@ -61,11 +63,13 @@ class SamplingOptions:
             raise SLMError(f"repetition_penalty must be > 0 (1 means off, 1.2 is a common choice), "
                            f"got {self.repetition_penalty}")
         if not _is_count(self.num_beams, 1):
-            raise SLMError(f"num_beams must be at least 1 (1 means no beam search), got {self.num_beams}")
+            raise SLMError("num_beams must be at least 1 (1 means no beam search), got "
+                           f"{self.num_beams}")
         if not _is_number(self.length_penalty):
-            raise SLMError(f"length_penalty must be a finite number (0 = off, > 0 favours longer text), "
-                           f"got {self.length_penalty}")
-        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+            raise SLMError("length_penalty must be a finite number (0 = off, > 0 favours longer "
+                           f"text), got {self.length_penalty}")
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop,
+                                                                       str) else tuple(self.stop)
         for s in stop:
             if not isinstance(s, str) or not s:
                 raise SLMError(f"stop sequences must be non-empty strings, got {s!r}")
@@ -73,10 +77,12 @@ class SamplingOptions:
 
 
 def sampling_options(options: SamplingOptions | None = None, **settings) -> SamplingOptions:
-    """``options`` as it is, or SamplingOptions made from keyword ``settings`` (the notebooks' way)."""
+    """``options`` as it is, or SamplingOptions made from keyword ``settings`` (the notebooks'
+    way)."""
     if options is not None:
         if settings:
-            raise SLMError(f"pass options=SamplingOptions(...) or keyword settings, not both ({', '.join(settings)})")
+            raise SLMError("pass options=SamplingOptions(...) or keyword settings, not both "
+                           f"({', '.join(settings)})")
         return options
     try:
         return SamplingOptions(**settings)
@@ -93,7 +99,8 @@ def check_length(max_new_tokens) -> None:
 
 # ---------------------------------------------------------------- one step: logits -> probabilities
 
-def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor | None, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor | None,
+                             penalty: float) -> torch.Tensor:
     """CTRL's repetition penalty (Keskar et al., 2019): make every token that occurs in ``previous``
     less likely. Its logit is divided by ``penalty`` if positive and multiplied by it if negative
     (dividing a negative logit would *raise* it). Each token counts once, however often it occurred.
@@ -114,27 +121,31 @@ def next_token_probs(logits: torch.Tensor, options: SamplingOptions | None = Non
     ``repetition_penalty`` applies to the tokens in ``previous`` (B, T), the sequence so far.
     Temperature 0 puts all mass on the most likely token (greedy); a ``top_k`` larger than the
     vocabulary keeps every token; ``top_p`` keeps the smallest set of most likely tokens whose
-    mass reaches ``top_p`` (always at least one). Settings: ``SamplingOptions``, or its fields as keywords.
+    mass reaches ``top_p`` (always at least one). Settings: ``SamplingOptions``, or its fields as
+    keywords.
     """
     o = sampling_options(options, **settings)
     logits = apply_repetition_penalty(logits.float(), previous, o.repetition_penalty)
     if o.temperature == 0:
         return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
     logits = logits / o.temperature
-    if o.top_k is not None and o.top_k < logits.size(-1):  # k beyond the vocabulary keeps every token
+    # k beyond the vocabulary keeps every token
+    if o.top_k is not None and o.top_k < logits.size(-1):
         kth = torch.topk(logits, o.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if o.top_p is not None and o.top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # a token stays if the ones above it fall short
+        # a token stays if the ones above it fall short
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= o.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 
 
-# ---------------------------------------------------------------- feeding the model, with a KV cache
+# ----------------------------------------------------------------
+# feeding the model, with a KV cache
 
 class _NextLogits:
     """Logits of the token after each row of a growing batch of sequences, using the model's KV
@@ -143,26 +154,30 @@ class _NextLogits:
     Position embeddings are absolute: once the context is full, the window slides, every position
     shifts, and every cached key and value is stale. The window then restarts from the last
     ``keep`` tokens and grows again up to ``block_size``. ``keep = block_size`` (the default) slides
-    it by one token per step, the usual crop to the last ``block_size`` tokens, which costs the cache
-    a full pass per token from then on; a smaller ``keep`` restarts it only every
+    it by one token per step, the usual crop to the last ``block_size`` tokens, which costs the
+    cache a full pass per token from then on; a smaller ``keep`` restarts it only every
     ``block_size - keep + 1`` tokens, but the model then sees between ``keep`` and ``block_size``
     tokens of context instead of always ``block_size``. The rule is the same with and without the
     cache, so the cache changes the speed, never the tokens.
 
-    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts. Its cache drops the oldest keys and
-    every token attends to the ``block_size`` before it (sliding-window attention). Without the cache
-    the model reruns on the last ``n_layer * (block_size - 1) + 1`` tokens, all that the last token's
-    logits can depend on through ``n_layer`` windows, and gives the same logits.
+    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts. Its cache drops
+    the oldest keys and every token attends to the ``block_size`` before it (sliding-window
+    attention). Without the cache the model reruns on the last ``n_layer * (block_size - 1) + 1``
+    tokens, all that the last token's logits can depend on through ``n_layer`` windows, and gives
+    the same logits.
     """
 
-    def __init__(self, model, use_cache: bool = True, keep: int | None = None, reserve: int | None = None):
+    def __init__(self, model, use_cache: bool = True, keep: int | None = None,
+                 reserve: int | None = None):
         self.model = model
-        self.reserve = reserve  # positions a cache allocates at first: the prompt and the tokens to come
+        # positions a cache allocates at first: the prompt and the tokens to come
+        self.reserve = reserve
         self.block_size = model.block_size
         self.use_cache = use_cache and hasattr(model, "new_cache")
         self.keep = self.block_size if keep is None else keep
         if not (isinstance(self.keep, int) and 1 <= self.keep <= self.block_size):
-            raise SLMError(f"keep must be between 1 and the model's block_size ({self.block_size}), got {keep!r}")
+            raise SLMError("keep must be between 1 and the model's block_size "
+                           f"({self.block_size}), got {keep!r}")
         self.start = None  # where the window the model sees begins
         self.cache = None
         self.fed = 0  # how many tokens of each sequence the cache has seen
@@ -171,7 +186,8 @@ class _NextLogits:
         length = idx.size(1)
         if getattr(self.model, "reads_past_context", False):
             return self._sliding(idx)
-        if self.start is None or length - self.start > self.block_size:  # first call, or the window is full
+        # first call, or the window is full
+        if self.start is None or length - self.start > self.block_size:
             self.start = max(0, length - (self.block_size if self.start is None else self.keep))
             if self.use_cache:
                 self.cache, self.fed = self.model.new_cache(idx.size(0), self.reserve), self.start
@@ -199,8 +215,10 @@ class _NextLogits:
 
 # ---------------------------------------------------------------- sampling token ids
 
-def token_stream(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
-                 generator: torch.Generator | None = None, use_cache: bool = True, keep: int | None = None,
+def token_stream(model, idx: torch.Tensor, max_new_tokens: int,
+                 options: SamplingOptions | None = None, *,
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 keep: int | None = None,
                  **settings) -> Iterator[torch.Tensor]:
     """Yield the next token of each row of ``idx`` (B, T) as a (B, 1) tensor, one step at a time.
 
@@ -208,7 +226,8 @@ def token_stream(model, idx: torch.Tensor, max_new_tokens: int, options: Samplin
     """
     check_length(max_new_tokens)
     next_logits = _NextLogits(model, use_cache, keep, reserve=idx.size(1) + max_new_tokens)
-    return _token_stream(model, idx, max_new_tokens, next_logits, generator, sampling_options(options, **settings))
+    return _token_stream(model, idx, max_new_tokens, next_logits, generator,
+                         sampling_options(options, **settings))
 
 
 @torch.no_grad()
@@ -225,8 +244,10 @@ def _token_stream(model, idx, max_new_tokens, next_logits, generator, options):
             yield next_id
 
 
-def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
-             generator: torch.Generator | None = None, use_cache: bool = True, keep: int | None = None,
+def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None,
+             *,
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             keep: int | None = None,
              **settings) -> torch.Tensor:
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
@@ -237,7 +258,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOpt
     ``_NextLogits``). With ``use_cache`` (and a model that has a KV cache) the model runs on one new
     token per step instead of the whole window; the tokens are the same as without it.
     """
-    new = list(token_stream(model, idx, max_new_tokens, options, generator=generator, use_cache=use_cache,
+    new = list(token_stream(model, idx, max_new_tokens, options, generator=generator,
+                            use_cache=use_cache,
                             keep=keep, **settings))
     return torch.cat([idx, *new], dim=1)
 
@@ -247,16 +269,17 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOpt
 def length_normalised(score: float, length: int, length_penalty: float) -> float:
     """A finished beam's rank: its sum of log-probabilities divided by ``length ** length_penalty``.
 
-    This is the form of Hugging Face's ``transformers`` (not GNMT's ``((5 + length) / 6) ** alpha``),
-    with ``length`` the number of new tokens. Log-probabilities are negative, so longer text scores
-    lower; 0 leaves that as it is, 1 compares average log-probabilities per token, and larger values
-    favour longer text still.
+    This is the form of Hugging Face's ``transformers`` (not GNMT's ``((5 + length) / 6) **
+    alpha``), with ``length`` the number of new tokens. Log-probabilities are negative, so longer
+    text scores lower; 0 leaves that as it is, 1 compares average log-probabilities per token, and
+    larger values favour longer text still.
     """
     return score / length ** length_penalty
 
 
 @torch.no_grad()
-def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOptions | None = None, *,
+def beam_search(model, idx: torch.Tensor, max_new_tokens: int,
+                options: SamplingOptions | None = None, *,
                 is_finished: Callable[[torch.Tensor], bool] | None = None, use_cache: bool = True,
                 keep: int | None = None, **settings) -> tuple[torch.Tensor, float]:
     """The continuation of ``idx`` (1, T) that beam search finds: (ids of shape (1, T + n), score).
@@ -265,10 +288,10 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
     token and keep the ``num_beams`` best of all those candidates. A beam is finished when
     ``is_finished(new_ids)`` says so (for example: a stop sequence appeared) or after
     ``max_new_tokens``; finished beams compete on ``length_normalised`` scores. Scores are sums of
-    the model's own log-probabilities, after the repetition penalty only, as Hugging Face scores beams
-    when it does not sample: temperature, top-k and top-p shape what a sampler draws from and play no
-    part here. One beam is greedy decoding. Settings: ``SamplingOptions`` or its fields as keywords;
-    ``num_beams`` defaults to 4 here.
+    the model's own log-probabilities, after the repetition penalty only, as Hugging Face scores
+    beams when it does not sample: temperature, top-k and top-p shape what a sampler draws from and
+    play no part here. One beam is greedy decoding. Settings: ``SamplingOptions`` or its fields as
+    keywords; ``num_beams`` defaults to 4 here.
     """
     check_length(max_new_tokens)
     if options is None:
@@ -285,9 +308,11 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
     with eval_mode(model):
         for step in range(1, max_new_tokens + 1):
             previous = beams if options.repetition_penalty != 1 else None
-            logits = apply_repetition_penalty(next_logits(beams).float(), previous, options.repetition_penalty)
+            logits = apply_repetition_penalty(next_logits(beams).float(), previous,
+                                              options.repetition_penalty)
             logprobs = F.log_softmax(logits, dim=-1)  # (beams, V)
-            candidates = (torch.tensor(scores, device=logprobs.device)[:, None] + logprobs).flatten()
+            candidates = (torch.tensor(scores, device=logprobs.device)[:,
+                                                                       None] + logprobs).flatten()
             # 2 * num_beams candidates: even if num_beams of them finish, num_beams stay alive
             top = candidates.topk(min(2 * num_beams, candidates.numel()))
             parents, tokens, scores = [], [], []
@@ -295,7 +320,8 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
                 if score == -math.inf or len(parents) == num_beams:
                     break
                 parent, token = divmod(flat, logprobs.size(-1))
-                if is_finished is not None and is_finished(torch.cat([beams[parent, T:], idx.new_tensor([token])])):
+                if is_finished is not None and is_finished(torch.cat([beams[parent, T:],
+                                                                      idx.new_tensor([token])])):
                     finished.append((length_normalised(score, step, length_penalty),
                                      torch.cat([beams[parent], idx.new_tensor([token])])))
                 else:
@@ -312,10 +338,14 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, options: Sampling
             # log-probabilities only fall, so the best a beam can reach is its score now, divided
             # by the largest length it may reach (length_penalty > 0) or its length now (otherwise).
             reach = max_new_tokens if length_penalty > 0 else step
-            if len(finished) == num_beams and finished[-1][0] >= length_normalised(max(scores), reach, length_penalty):
+            if len(finished) == num_beams and finished[-1][0] >= length_normalised(max(scores),
+                                                                                   reach,
+                                                                                   length_penalty):
                 break
-        if beams.size(1) - T == max_new_tokens and max_new_tokens > 0:  # live beams at full length finish too
-            finished += [(length_normalised(s, max_new_tokens, length_penalty), b) for s, b in zip(scores, beams)]
+        # live beams at full length finish too
+        if beams.size(1) - T == max_new_tokens and max_new_tokens > 0:
+            finished += [(length_normalised(s, max_new_tokens, length_penalty), b) for s,
+                         b in zip(scores, beams)]
     if not finished:
         return idx, 0.0
     best_score, best = max(finished, key=lambda f: f[0])
@@ -332,7 +362,8 @@ def _stop_at(text: str, stop: tuple[str, ...]) -> int | None:
 
 def _unfinished_tail(text: str, stop: tuple[str, ...]) -> int:
     """How many characters at the end of ``text`` must wait: the start of a stop sequence that may
-    still complete, or a character whose bytes have not all arrived (byte-level BPE decodes those as U+FFFD)."""
+    still complete, or a character whose bytes have not all arrived (byte-level BPE decodes those as
+    U+FFFD)."""
     tail = len(text) - len(text.rstrip("\ufffd"))
     for s in stop:
         for k in range(min(len(s) - 1, len(text)), tail, -1):
@@ -351,39 +382,45 @@ def prompt_ids(model, tokenizer, prompt: str) -> torch.Tensor:
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 
-def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, options: SamplingOptions | None = None, *,
-           seed: int | None = None, use_cache: bool = True, keep: int | None = None, **settings) -> Iterator[str]:
+def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200,
+           options: SamplingOptions | None = None, *,
+           seed: int | None = None, use_cache: bool = True, keep: int | None = None,
+           **settings) -> Iterator[str]:
     """Yield the continuation of ``prompt``, piece by piece as the model writes it.
 
-    Settings: ``SamplingOptions`` or its fields as keywords. Generation ends after ``max_new_tokens``
-    tokens, or as soon as the continuation contains a ``stop`` sequence; the text is cut just before
-    it (the stop sequence is not yielded, nor is the start of one that might still complete). ``seed``
-    makes a sample repeatable. ``num_beams > 1`` runs beam search (``length_penalty``: see
-    ``length_normalised``), which only knows its answer at the end, so it yields it in one piece.
-    Bad settings raise SLMError now, not at the first piece.
+    Settings: ``SamplingOptions`` or its fields as keywords. Generation ends after
+    ``max_new_tokens`` tokens, or as soon as the continuation contains a ``stop`` sequence; the text
+    is cut just before it (the stop sequence is not yielded, nor is the start of one that might
+    still complete). ``seed`` makes a sample repeatable. ``num_beams > 1`` runs beam search
+    (``length_penalty``: see ``length_normalised``), which only knows its answer at the end, so it
+    yields it in one piece. Bad settings raise SLMError now, not at the first piece.
     """
     options = sampling_options(options, **settings)
     check_length(max_new_tokens)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise SLMError(f"seed must be an integer (or None for a fresh sample each time), got {seed!r}")
+        raise SLMError("seed must be an integer (or None for a fresh sample each time), got "
+                       f"{seed!r}")
     idx = prompt_ids(model, tokenizer, prompt)
     stop = options.stop
     if options.num_beams > 1:
         def is_finished(new_ids):
             return _stop_at(tokenizer.decode(new_ids.tolist()), stop) is not None
 
-        ids, _ = beam_search(model, idx, max_new_tokens, options, is_finished=is_finished if stop else None,
+        ids, _ = beam_search(model, idx, max_new_tokens, options,
+                             is_finished=is_finished if stop else None,
                              use_cache=use_cache, keep=keep)
         text = tokenizer.decode(ids[0, idx.size(1):].tolist())
         return iter([text[:_stop_at(text, stop)]] if text else [])
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    tokens = token_stream(model, idx, max_new_tokens, options, generator=generator, use_cache=use_cache, keep=keep)
+    tokens = token_stream(model, idx, max_new_tokens, options, generator=generator,
+                          use_cache=use_cache, keep=keep)
     return _text_pieces(tokens, tokenizer, stop)
 
 
 def _text_pieces(tokens: Iterator[torch.Tensor], tokenizer, stop: tuple[str, ...]) -> Iterator[str]:
     new, sent, text = [], 0, ""
-    with contextlib.closing(tokens):  # stopping early still ends the generator (and restores train mode)
+    # stopping early still ends the generator (and restores train mode)
+    with contextlib.closing(tokens):
         for next_id in tokens:
             new.append(next_id.item())
             text = tokenizer.decode(new)  # the whole continuation: a token may be half a character
@@ -400,7 +437,8 @@ def _text_pieces(tokens: Iterator[torch.Tensor], tokenizer, stop: tuple[str, ...
         yield text[sent:]
 
 
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, options: SamplingOptions | None = None,
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200,
+             options: SamplingOptions | None = None,
              **settings) -> str:
     """The prompt followed by its continuation, as text. Takes everything ``stream`` takes: options
     or their fields as keywords (temperature, top_k, top_p, repetition_penalty, num_beams,

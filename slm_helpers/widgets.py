@@ -45,7 +45,8 @@ def prompt_logits(model, tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Te
     return ids, logits
 
 
-def next_token_distribution(model, tokenizer, prompt: str, options: SamplingOptions | None = None, *,
+def next_token_distribution(model, tokenizer, prompt: str, options: SamplingOptions | None = None,
+                            *,
                             logits=None, **settings):
     """The model's own next-token probabilities after ``prompt`` and the sampler's (after the
     options: temperature, top_k, top_p, repetition_penalty), both of shape (V,).
@@ -56,18 +57,22 @@ def next_token_distribution(model, tokenizer, prompt: str, options: SamplingOpti
     return own, sampler
 
 
-def plot_next_token_distribution(own: torch.Tensor, sampler: torch.Tensor, tokenizer, *, top: int = 20,
+def plot_next_token_distribution(own: torch.Tensor, sampler: torch.Tensor, tokenizer, *,
+                                 top: int = 20,
                                  ax=None, title: str | None = None):
-    """Bars of the ``top`` most likely tokens: the model's own probability (grey) and the sampler's (blue)."""
+    """Bars of the ``top`` most likely tokens: the model's own probability (grey) and the sampler's
+    (blue)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3))
-    order = torch.argsort(sampler + 1e-6 * own, descending=True)[:top]  # ties (zeros) ranked by the model
+    # ties (zeros) ranked by the model
+    order = torch.argsort(sampler + 1e-6 * own, descending=True)[:top]
     x = list(range(len(order)))
     ax.bar(x, own[order].tolist(), color="lightgrey", label="model")
     ax.bar(x, sampler[order].tolist(), width=0.5, color="tab:blue", label="sampler")
     ax.set_xticks(x)
     ax.set_xticklabels([token_label(tokenizer, int(i)) for i in order])
-    ax.set_ylim(0, min(1.02, 1.15 * max(own[order].max().item(), sampler[order].max().item(), 0.05)))
+    ax.set_ylim(0,
+                min(1.02, 1.15 * max(own[order].max().item(), sampler[order].max().item(), 0.05)))
     ax.set_ylabel("probability")
     ax.legend(loc="upper right")
     if title:
@@ -76,25 +81,30 @@ def plot_next_token_distribution(own: torch.Tensor, sampler: torch.Tensor, token
 
 
 class _Panel:
-    """What the sampler and the chat share: the sampling sliders, the options they stand for, and how
-    the panel is shown. A subclass sets ``ui`` (the box to show) and ``panel_name``."""
+    """What the sampler and the chat share: the sampling sliders, the options they stand for, and
+    how the panel is shown. A subclass sets ``ui`` (the box to show) and ``panel_name``."""
 
     panel_name = "Panel"
     ui: widgets.Box
 
-    def _add_sampling_sliders(self, vocab_size: int, max_new_tokens: int, *, temperature: float, top_p: float,
+    def _add_sampling_sliders(self, vocab_size: int, max_new_tokens: int, *, temperature: float,
+                              top_p: float,
                               max_length: int = 1000) -> list[widgets.Widget]:
-        """Make the ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty`` and ``length`` sliders."""
+        """Make the ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty`` and ``length``
+        sliders."""
         wide = {"description_width": "initial"}
-        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, style=wide,
+        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
+                                               style=wide,
                                                description="temperature (0 = greedy)")
         self.top_k = widgets.IntSlider(value=0, min=0, max=min(vocab_size, 100), style=wide,
                                        description="top-k (0 = off)")
         self.top_p = widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, style=wide,
                                          description="top-p (1 = off)")
-        self.repetition_penalty = widgets.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.05, style=wide,
+        self.repetition_penalty = widgets.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.05,
+                                                      style=wide,
                                                       description="repetition penalty (1 = off)")
-        self.length = widgets.IntSlider(value=min(max_new_tokens, max_length), min=1, max=max_length, style=wide,
+        self.length = widgets.IntSlider(value=min(max_new_tokens, max_length), min=1,
+                                        max=max_length, style=wide,
                                         description="new tokens")
         return [self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.length]
 
@@ -109,13 +119,17 @@ class _Panel:
         example a notebook viewed on GitHub, the text says what it is instead of a widget's repr."""
         from IPython.display import display
 
-        display({"text/plain": f"{self.panel_name} panel: run the notebook in Jupyter or Colab to use it",
-                 "application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
-                                                              "model_id": self.ui.model_id}}, raw=True)
+        display({"text/plain": f"{self.panel_name} panel: run the notebook in Jupyter or Colab to "
+                               "use it",
+                 "application/vnd.jupyter.widget-view+json": {"version_major": 2,
+                                                              "version_minor": 0,
+                                                              "model_id": self.ui.model_id}},
+                raw=True)
 
 
 class Sampler(_Panel):
-    """Sliders for every sampling option, a Generate button, the text, and the next-token distribution.
+    """Sliders for every sampling option, a Generate button, the text, and the next-token
+    distribution.
 
     Each control is an attribute (``prompt``, ``temperature``, ``top_k``, ``top_p``,
     ``repetition_penalty``, ``length``, ``num_beams``, ``seed``, ``button``), so code can set
@@ -125,23 +139,30 @@ class Sampler(_Panel):
 
     panel_name = "Sampler"
 
-    def __init__(self, model, tokenizer, prompt: str = "\n", *, max_new_tokens: int = 200, top: int = 20):
+    def __init__(self, model, tokenizer, prompt: str = "\n", *, max_new_tokens: int = 200,
+                 top: int = 20):
         self.model, self.tokenizer, self.top = model, tokenizer, top
         wide = {"description_width": "initial"}
         self.prompt = widgets.Textarea(value=prompt, description="prompt", rows=3, style=wide,
                                        layout=widgets.Layout(width="98%"))
-        sliders = self._add_sampling_sliders(tokenizer.vocab_size, max_new_tokens, temperature=0.8, top_p=1.0)
-        self.num_beams = widgets.IntSlider(value=1, min=1, max=8, style=wide, description="beams (1 = sample)")
-        self.seed = widgets.IntText(value=-1, description="seed (-1 = a new one each time)", style=wide)
+        sliders = self._add_sampling_sliders(tokenizer.vocab_size, max_new_tokens, temperature=0.8,
+                                             top_p=1.0)
+        self.num_beams = widgets.IntSlider(value=1, min=1, max=8, style=wide,
+                                           description="beams (1 = sample)")
+        self.seed = widgets.IntText(value=-1, description="seed (-1 = a new one each time)",
+                                    style=wide)
         self.seed_used = widgets.Label(value="")  # the seed of the last text, to get it again
         self.button = widgets.Button(description="Generate", button_style="primary")
         self.chart = widgets.Image(format="png")
-        self.output = widgets.Output(layout=widgets.Layout(border="1px solid lightgrey", width="98%"))
+        self.output = widgets.Output(layout=widgets.Layout(border="1px solid lightgrey",
+                                                           width="98%"))
         self.text = ""  # the last generated text
         self.own = self.sampler = None  # the distributions the chart shows
-        self._cached = (None, None)  # (prompt, its ids and logits): moving a slider need not re-run the model
+        # (prompt, its ids and logits): moving a slider need not re-run the model
+        self._cached = (None, None)
 
-        for control in (self.prompt, self.temperature, self.top_k, self.top_p, self.repetition_penalty,
+        for control in (self.prompt, self.temperature, self.top_k, self.top_p,
+                        self.repetition_penalty,
                         self.num_beams):
             control.observe(self.update_chart, names="value")
         self.num_beams.observe(self._grey_out_for_beams, names="value")
@@ -155,10 +176,12 @@ class Sampler(_Panel):
     def options(self) -> SamplingOptions:
         """The sampling options the controls stand for (0 for top-k and 1 for top-p mean "off").
 
-        Beam search scores with the model's own probabilities (after the repetition penalty only), so
-        with more than one beam the temperature, top-k and top-p sliders are greyed out and ignored."""
+        Beam search scores with the model's own probabilities (after the repetition penalty only),
+        so with more than one beam the temperature, top-k and top-p sliders are greyed out and
+        ignored."""
         if self.num_beams.value > 1:
-            return SamplingOptions(repetition_penalty=self.repetition_penalty.value, num_beams=self.num_beams.value)
+            return SamplingOptions(repetition_penalty=self.repetition_penalty.value,
+                                   num_beams=self.num_beams.value)
         return self._sampling_options()
 
     def _grey_out_for_beams(self, change=None) -> None:
@@ -173,7 +196,8 @@ class Sampler(_Panel):
             prompt = self.prompt.value
             if self._cached[0] != prompt:
                 self._cached = (prompt, prompt_logits(self.model, self.tokenizer, prompt))
-            own, sampler = next_token_distribution(self.model, self.tokenizer, prompt, self.options(),
+            own, sampler = next_token_distribution(self.model, self.tokenizer, prompt,
+                                                   self.options(),
                                                    logits=self._cached[1])
         except SLMError as err:
             self.chart.value = b""
@@ -184,7 +208,8 @@ class Sampler(_Panel):
         self.own, self.sampler = own, sampler
         fig, ax = plt.subplots(figsize=(7, 3))
         plot_next_token_distribution(own, sampler, self.tokenizer, top=self.top, ax=ax,
-                                     title="next token: the model's probabilities, and the sampler's")
+                                     title="next token: the model's probabilities, and the "
+                                           "sampler's")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
@@ -201,11 +226,14 @@ class Sampler(_Panel):
     def generate(self, _button=None) -> str:
         """Write a continuation of the prompt into the output area, piece by piece; returns it.
 
-        The seed field's -1 draws a new seed at every click; the one used is shown under the button."""
+        The seed field's -1 draws a new seed at every click; the one used is shown under the
+        button."""
         seed = self.seed.value if self.seed.value >= 0 else random.randrange(2**31)
-        self.seed_used.value = f"seed used: {seed}" if self.num_beams.value == 1 else "beam search: no seed needed"
+        self.seed_used.value = (f"seed used: {seed}" if self.num_beams.value == 1
+                                else "beam search: no seed needed")
         try:
-            pieces = stream(self.model, self.tokenizer, self.prompt.value, self.length.value, self.options(), seed=seed)
+            pieces = stream(self.model, self.tokenizer, self.prompt.value, self.length.value,
+                            self.options(), seed=seed)
             text = self.prompt.value
             self._write(text)
             for piece in pieces:
@@ -228,7 +256,8 @@ class Sampler(_Panel):
         self.output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
 
     def _show_error(self, err: Exception) -> None:
-        self.output.outputs = ({"output_type": "stream", "name": "stderr", "text": f"error: {err}\n"},)
+        self.output.outputs = ({"output_type": "stream", "name": "stderr",
+                                "text": f"error: {err}\n"},)
 
 
 def _one_line(err: Exception) -> str:
@@ -240,24 +269,26 @@ def _one_line(err: Exception) -> str:
 
 
 class ChatWidget(_Panel):
-    """A chat with an instruct model (lesson 12): a message box, Send, Stop and New chat buttons, the
-    conversation, and the sampler's sliders (no chart: each reply is many tokens).
+    """A chat with an instruct model (lesson 12): a message box, Send, Stop and New chat buttons,
+    the conversation, and the sampler's sliders (no chart: each reply is many tokens).
 
     >>> panel = ChatWidget(model, tokenizer)      # model, tokenizer = load_pretrained()
     >>> panel.send("What is the capital of France?", wait=True)
     'The capital of France is Paris.'
 
-    The reply is written in a background thread, piece by piece: a button's callback runs only when the
-    kernel is free, so a reply written in the callback itself could not be stopped. The thread checks
-    the Stop flag after each piece it writes (a token, or a few when a character's bytes span tokens); a
-    stopped reply stays in the chat as far as it got. While a reply is
-    being written, Send is refused (the message stays in the box). An error, in the thread or before it
-    starts (a chat longer than the model's context, say), shows as one line under the conversation.
+    The reply is written in a background thread, piece by piece: a button's callback runs only when
+    the kernel is free, so a reply written in the callback itself could not be stopped. The thread
+    checks the Stop flag after each piece it writes (a token, or a few when a character's bytes span
+    tokens); a stopped reply stays in the chat as far as it got. While a reply is
+    being written, Send is refused (the message stays in the box). An error, in the thread or before
+    it starts (a chat longer than the model's context, say), shows as one line under the
+    conversation.
 
     Controls: ``message``, ``send_button``, ``stop_button``, ``reset_button`` and the sliders
     ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``length`` (new tokens at most).
-    The defaults, temperature 0.2 and top-p 0.9, are SmolLM2's recommendation. ``chat`` is the ``Chat``
-    underneath (its ``history``); ``reply_thread`` the thread writing the current or last reply.
+    The defaults, temperature 0.2 and top-p 0.9, are SmolLM2's recommendation. ``chat`` is the
+    ``Chat`` underneath (its ``history``); ``reply_thread`` the thread writing the current or last
+    reply.
     """
 
     panel_name = "Chat"
@@ -275,14 +306,17 @@ class ChatWidget(_Panel):
         self.stop_button = widgets.Button(description="Stop", button_style="warning", disabled=True)
         self.reset_button = widgets.Button(description="New chat")
         self.status = widgets.Label(value="")
-        self.output = widgets.Output(layout=widgets.Layout(border="1px solid lightgrey", width="98%"))
-        sliders = self._add_sampling_sliders(tokenizer.vocab_size, max_new_tokens, temperature=temperature,
+        self.output = widgets.Output(layout=widgets.Layout(border="1px solid lightgrey",
+                                                           width="98%"))
+        sliders = self._add_sampling_sliders(tokenizer.vocab_size, max_new_tokens,
+                                             temperature=temperature,
                                              top_p=top_p, max_length=min(1000, model.block_size))
         self.reply_thread: threading.Thread | None = None
         self.error: str | None = None  # the error shown under the conversation, if any
         self._stop = threading.Event()
         self._busy = False
-        self._pending: list[str] | None = None  # [message, reply so far] while a reply is being written
+        # [message, reply so far] while a reply is being written
+        self._pending: list[str] | None = None
 
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.stop())
@@ -304,8 +338,8 @@ class ChatWidget(_Panel):
 
     def send(self, message: str | None = None, *, wait: bool = False) -> str | None:
         """Send ``message`` (default: the message box's text) and write the reply in a thread; with
-        ``wait``, wait for it and return it. Returns None when nothing was sent: an empty message, an
-        error (shown in the panel), or a reply still being written."""
+        ``wait``, wait for it and return it. Returns None when nothing was sent: an empty message,
+        an error (shown in the panel), or a reply still being written."""
         if self._busy:
             self.status.value = self.busy_message
             return None
@@ -313,8 +347,10 @@ class ChatWidget(_Panel):
         if not text:
             return None
         try:
-            pieces = self.chat.send(text, self._sampling_options(), max_new_tokens=self.length.value)
-        except SLMError as err:  # e.g. the chat no longer fits in the context: the message stays in the box
+            pieces = self.chat.send(text, self._sampling_options(),
+                                    max_new_tokens=self.length.value)
+        # e.g. the chat no longer fits in the context: the message stays in the box
+        except SLMError as err:
             self._render(error=err)
             return None
         if message is None:
@@ -324,7 +360,8 @@ class ChatWidget(_Panel):
         self.send_button.disabled, self.stop_button.disabled = True, False
         self.status.value = "writing…"
         self._render()
-        self.reply_thread = threading.Thread(target=self._write_reply, args=(pieces,), name="chat reply", daemon=True)
+        self.reply_thread = threading.Thread(target=self._write_reply, args=(pieces,),
+                                             name="chat reply", daemon=True)
         self.reply_thread.start()
         if wait:
             self.reply_thread.join()
@@ -332,7 +369,8 @@ class ChatWidget(_Panel):
         return None
 
     def stop(self, *, wait: bool = False) -> None:
-        """Stop the reply being written after its next piece (with ``wait``, wait until it has stopped)."""
+        """Stop the reply being written after its next piece (with ``wait``, wait until it has
+        stopped)."""
         self._stop.set()
         if wait and self.reply_thread is not None:
             self.reply_thread.join()
@@ -349,7 +387,8 @@ class ChatWidget(_Panel):
     def _write_reply(self, pieces) -> None:
         error = None
         try:
-            with contextlib.closing(pieces):  # closing it records the reply, whole or stopped, in the history
+            # closing it records the reply, whole or stopped, in the history
+            with contextlib.closing(pieces):
                 for piece in pieces:
                     self._pending[1] += piece
                     self._render()
@@ -363,7 +402,8 @@ class ChatWidget(_Panel):
             self.send_button.disabled, self.stop_button.disabled = False, True
             self.status.value = "stopped: the reply so far stays in the chat" if stopped else ""
             self._render(error=error)
-            self._busy = False  # last: a new reply's thread must not start before this one has drawn its end
+            # last: a new reply's thread must not start before this one has drawn its end
+            self._busy = False
 
     # ----- the conversation
 
@@ -388,4 +428,5 @@ class ChatWidget(_Panel):
 
     def transcript(self) -> str:
         """The conversation as the panel shows it, as text: one "Name: content" block per turn."""
-        return "\n".join(o["data"]["text/plain"] for o in self.output.outputs if o["output_type"] == "display_data")
+        return "\n".join(o["data"]["text/plain"] for o in self.output.outputs
+                         if o["output_type"] == "display_data")

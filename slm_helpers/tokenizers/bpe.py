@@ -34,12 +34,14 @@ from ..errors import SLMError
 # which cuts text identically; the possessive ++ only make the regex engine faster.
 # Pieces: English contractions ('s 'll ...), a word with its leading space, a number, a run of
 # punctuation, then whitespace: a run of spaces keeps its last space for the word that follows.
-GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-# New (lesson 12): SmolLM2 (and Llama 3, Qwen, ...) cut every digit off on its own before GPT-2's split, so
-# numbers are read digit by digit. Hugging Face runs two pre-tokenizers in a row (Digits, then GPT-2's
-# regex on each piece); one regex does the same: a digit is a chunk of its own, and a run of whitespace
-# just before a digit ends there, as it would at the end of a piece.
-DIGITS_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\p{N}|\s++(?=\p{N})|\s++$|\s+(?!\S)|\s"""
+GPT2_SPLIT_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
+                      r"""|\s++$|\s+(?!\S)|\s""")
+# New (lesson 12): SmolLM2 (and Llama 3, Qwen, ...) cut every digit off on its own before GPT-2's
+# split, so numbers are read digit by digit. Hugging Face runs two pre-tokenizers in a row (Digits,
+# then GPT-2's regex on each piece); one regex does the same: a digit is a chunk of its own, and a
+# run of whitespace just before a digit ends there, as it would at the end of a piece.
+DIGITS_SPLIT_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\p{N}"""
+                        r"""|\s++(?=\p{N})|\s++$|\s+(?!\S)|\s""")
 ENDOFTEXT = "<|endoftext|>"
 
 _CACHE_LIMIT = 200_000  # chunks remembered by encode; the dict is emptied when it grows past this
@@ -60,7 +62,8 @@ def _special_regex(specials) -> regex.Pattern | None:
 def _pre_split(text: str, pattern: str, special_tokens=()) -> list[str]:
     """Cut training text into chunks; special-token strings are dropped so no merge spans them."""
     if not isinstance(text, str):
-        raise SLMError(f"training text must be a str, got {type(text).__name__}; read the file with .read_text()")
+        raise SLMError(f"training text must be a str, got {type(text).__name__}; read the file "
+                       "with .read_text()")
     split = regex.compile(pattern)
     special = _special_regex(special_tokens)
     parts = special.split(text) if special else [text]
@@ -68,7 +71,8 @@ def _pre_split(text: str, pattern: str, special_tokens=()) -> list[str]:
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace every occurrence of ``pair`` in ``ids`` (left to right, no overlaps) by ``new_id``."""
+    """Replace every occurrence of ``pair`` in ``ids`` (left to right, no overlaps) by
+    ``new_id``."""
     a, b = pair
     out, i, n = [], 0, len(ids)
     while i < n:
@@ -93,7 +97,8 @@ def _too_few_pairs(k: int, num_merges: int) -> SLMError:
     )
 
 
-def train_merges(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN, special_tokens=()) -> list:
+def train_merges(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN,
+                 special_tokens=()) -> list:
     """Learn ``num_merges`` merges from ``text``; merge k (0-based) creates token id 256 + k.
 
     Tie-break rule (shared with :func:`train_merges_naive`): the most frequent pair wins; among
@@ -119,7 +124,8 @@ def train_merges(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN, 
         for pair in zip(word, word[1:]):
             counts[pair] += freq
             where[pair].add(i)
-    heap = [(-count, pair) for pair, count in counts.items()]  # min-heap: highest count, then smallest pair
+    # min-heap: highest count, then smallest pair
+    heap = [(-count, pair) for pair, count in counts.items()]
     heapq.heapify(heap)
 
     merges = []
@@ -156,8 +162,10 @@ def train_merges(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN, 
     return merges
 
 
-def train_merges_naive(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN, special_tokens=()) -> list:
-    """Reference trainer: recount every pair of every chunk after each merge (slow, obviously right).
+def train_merges_naive(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PATTERN,
+                       special_tokens=()) -> list:
+    """Reference trainer: recount every pair of every chunk after each merge (slow, obviously
+    right).
 
     Same tie-break rule as :func:`train_merges`, so both return the very same merges; tests and
     the benchmark use it to check the fast trainer.
@@ -183,7 +191,8 @@ def train_merges_naive(text: str, num_merges: int, pattern: str = GPT2_SPLIT_PAT
 
 
 def render_token(token: bytes) -> str:
-    """A token's bytes as readable text: invalid UTF-8 becomes U+FFFD, control characters are escaped."""
+    """A token's bytes as readable text: invalid UTF-8 becomes U+FFFD, control characters are
+    escaped."""
     text = token.decode("utf-8", errors="replace")
     return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch)[0] == "C" else ch for ch in text)
 
@@ -199,29 +208,35 @@ class BPETokenizer:
     def __init__(self, merges, special_tokens: dict[str, int] | None = None,
                  pattern: str = GPT2_SPLIT_PATTERN, byte_order=None, first_id: int = 0):
         self.byte_order = list(range(256)) if byte_order is None else [int(b) for b in byte_order]
-        if not set(self.byte_order) <= set(range(256)) or len(set(self.byte_order)) != len(self.byte_order):
+        if (not set(self.byte_order) <= set(range(256))
+                or len(set(self.byte_order)) != len(self.byte_order)):
             raise SLMError("byte_order must list byte values 0..255, each at most once")
         if not (isinstance(first_id, int) and first_id >= 0):
-            raise SLMError(f"first_id must be a non-negative int (the id of the first byte token), got {first_id!r}")
+            raise SLMError("first_id must be a non-negative int (the id of the first byte token), "
+                           f"got {first_id!r}")
         self.first_id = first_id
-        # id -> bytes, growing as each merge glues two earlier tokens together (None: a special token's id)
+        # id -> bytes, growing as each merge glues two earlier
+        # tokens together (None: a special token's id)
         vocab: list[bytes | None] = [None] * first_id + [bytes([b]) for b in self.byte_order]
-        self.merges: dict[tuple[int, int], int] = {}  # (id, id) -> new id; a lower id = an earlier merge
+        # (id, id) -> new id; a lower id = an earlier merge
+        self.merges: dict[tuple[int, int], int] = {}
         for a, b in merges:
             new_id = len(vocab)
-            if not (isinstance(a, int) and isinstance(b, int) and first_id <= a < new_id and first_id <= b < new_id):
-                raise SLMError(f"merge {new_id - len(self.byte_order) - first_id} ({a!r}, {b!r}) uses ids that do "
-                               f"not exist yet ({first_id}..{new_id - 1}); merges must be listed in the order "
-                               "they were learned")
+            if not (isinstance(a, int) and isinstance(b, int) and first_id <= a < new_id
+                    and first_id <= b < new_id):
+                raise SLMError(f"merge {new_id - len(self.byte_order) - first_id} ({a!r}, {b!r}) "
+                               f"uses ids that do not exist yet ({first_id}..{new_id - 1}); merges "
+                               "must be listed in the order they were learned")
             if (a, b) in self.merges:
-                raise SLMError(f"merge ({a}, {b}) is listed twice; each pair can be merged only once")
+                raise SLMError(f"merge ({a}, {b}) is listed twice; each pair can be merged only "
+                               "once")
             self.merges[(a, b)] = new_id
             vocab.append(vocab[a] + vocab[b])
         self.special_tokens = dict(special_tokens or {})  # str -> id
         for s, i in self.special_tokens.items():
             if not isinstance(i, int) or not s or i < 0 or first_id <= i < len(vocab):
-                raise SLMError(f"special token {s!r} has id {i!r}; special ids must lie outside the byte and "
-                               f"merge ids ({first_id}..{len(vocab) - 1})")
+                raise SLMError(f"special token {s!r} has id {i!r}; special ids must lie outside "
+                               f"the byte and merge ids ({first_id}..{len(vocab) - 1})")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise SLMError("two special tokens share one id; give each its own id")
         self.pattern = pattern
@@ -234,25 +249,28 @@ class BPETokenizer:
         for i, b in enumerate(self.byte_order):
             self._byte_to_id[b] = first_id + i
         self._cache: dict[str, list[int]] = {}
-        self.chat_template: str | None = None  # New (lesson 12): a released model's chat format (Jinja), if any
+        # New (lesson 12): a released model's chat format (Jinja), if any
+        self.chat_template: str | None = None
 
     # ----- building -----
 
     @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,),
               pattern: str = GPT2_SPLIT_PATTERN) -> BPETokenizer:
-        """Learn a tokenizer with exactly ``vocab_size`` ids: 256 bytes + merges + special tokens."""
+        """Learn a tokenizer with exactly ``vocab_size`` ids: 256 bytes + merges + special
+        tokens."""
         special_tokens = list(dict.fromkeys(special_tokens))
         if not all(isinstance(s, str) and s for s in special_tokens):
             raise SLMError(f"special tokens must be non-empty strings, got {special_tokens!r}")
         floor = 256 + len(special_tokens)
         if not isinstance(vocab_size, int) or vocab_size < floor:
             raise SLMError(
-                f"vocab_size must be an int >= {floor} (256 byte tokens + {len(special_tokens)} special), "
-                f"got {vocab_size!r}; pick a larger vocab_size"
+                f"vocab_size must be an int >= {floor} (256 byte tokens + {len(special_tokens)} "
+                f"special), got {vocab_size!r}; pick a larger vocab_size"
             )
         if not isinstance(text, str) or not text:
-            raise SLMError("cannot train a BPE tokenizer on empty text; pass the training text as a str")
+            raise SLMError("cannot train a BPE tokenizer on empty text; pass the training text as "
+                           "a str")
         num_merges = vocab_size - floor
         merges = train_merges(text, num_merges, pattern, special_tokens)
         specials = {s: 256 + num_merges + k for k, s in enumerate(special_tokens)}
@@ -320,9 +338,9 @@ class BPETokenizer:
             found = _special_regex(disallowed).search(text)
             if found:
                 raise SLMError(
-                    f"text contains the special token {found.group()!r}, which is not allowed; pass "
-                    f"allowed_special={{{found.group()!r}}} (or 'all') to encode it as one token, "
-                    "or disallowed_special=() to encode it as ordinary text"
+                    f"text contains the special token {found.group()!r}, which is not allowed; "
+                    f"pass allowed_special={{{found.group()!r}}} (or 'all') to encode it as one "
+                    "token, or disallowed_special=() to encode it as ordinary text"
                 )
         if not allowed:
             return self.encode_ordinary(text)
@@ -347,23 +365,28 @@ class BPETokenizer:
             return b"".join(self._vocab[i] for i in ids)
         except (IndexError, TypeError):
             bad = [i for i in ids
-                   if not (isinstance(i, int) and 0 <= i < self.vocab_size and self._vocab[i] is not None)]
-            raise SLMError(f"ids {bad[:10]} are not in the vocabulary (0..{self.vocab_size - 1})") from None
+                   if not (isinstance(i, int) and 0 <= i < self.vocab_size
+                           and self._vocab[i] is not None)]
+            raise SLMError(f"ids {bad[:10]} are not in the vocabulary "
+                           f"(0..{self.vocab_size - 1})") from None
 
     def decode(self, ids) -> str:
-        """Ids back to text; byte sequences that are not valid UTF-8 become U+FFFD (as in tiktoken)."""
+        """Ids back to text; byte sequences that are not valid UTF-8 become U+FFFD (as in
+        tiktoken)."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ----- export, persistence -----
 
     def to_tiktoken(self, name: str = "slm_bpe"):
-        """The same tokenizer as a ``tiktoken.Encoding`` (Rust, much faster), giving the same ids."""
+        """The same tokenizer as a ``tiktoken.Encoding`` (Rust, much faster), giving the same
+        ids."""
         import tiktoken
 
         if len(self.byte_order) != 256:
-            raise SLMError(f"tiktoken needs a token for each of the 256 bytes and this tokenizer has "
-                           f"{len(self.byte_order)}; use this tokenizer's own encode")
-        ordinary = range(self.first_id, self.first_id + 256 + len(self.merges))  # special tokens go separately
+            raise SLMError("tiktoken needs a token for each of the 256 bytes and this tokenizer "
+                           f"has {len(self.byte_order)}; use this tokenizer's own encode")
+        # special tokens go separately
+        ordinary = range(self.first_id, self.first_id + 256 + len(self.merges))
         ranks = {self._vocab[i]: i for i in ordinary}
         if len(ranks) != len(ordinary):
             raise SLMError("two merges produce the same bytes, which tiktoken cannot represent; "
@@ -383,25 +406,30 @@ class BPETokenizer:
     @classmethod
     def from_dict(cls, d: dict) -> BPETokenizer:
         if not isinstance(d, dict) or d.get("type") != "bpe" or "merges" not in d:
-            raise SLMError("not a saved BPE tokenizer (expected a dict with type 'bpe' and 'merges')")
+            raise SLMError("not a saved BPE tokenizer (expected a dict with type 'bpe' and "
+                           "'merges')")
         try:
             merges = [(a, b) for a, b in d["merges"]]
         except (TypeError, ValueError):
             raise SLMError("a saved BPE tokenizer's 'merges' must be a list of [id, id] pairs; "
                            "save the tokenizer again") from None
-        return cls(merges, d.get("special_tokens"), d.get("pattern", GPT2_SPLIT_PATTERN), d.get("byte_order"),
+        return cls(merges, d.get("special_tokens"), d.get("pattern", GPT2_SPLIT_PATTERN),
+                   d.get("byte_order"),
                    d.get("first_id", 0))
 
     def save(self, path: str | Path) -> None:
-        """Write readable JSON: one merge per line, then every token's text (the latter for reading only)."""
+        """Write readable JSON: one merge per line, then every token's text (the latter for reading
+        only)."""
         d = self.to_dict()
         lines = ["{"]
         for key in ("type", "pattern", "byte_order", "first_id", "special_tokens"):
             if key in d:
                 lines.append(f"  {json.dumps(key)}: {json.dumps(d[key], ensure_ascii=False)},")
         merges = [f"    [{a}, {b}]" for a, b in d["merges"]]
-        lines.append('  "merges": [' + ("\n" + ",\n".join(merges) + "\n  " if merges else "") + "],")
-        vocab = [f'    "{i}": {json.dumps(render_token(b), ensure_ascii=False)}' for i, b in self.vocab.items()]
+        lines.append('  "merges": [' + ("\n" + ",\n".join(merges) + "\n  " if merges
+                                        else "") + "],")
+        vocab = [f'    "{i}": {json.dumps(render_token(b), ensure_ascii=False)}' for i,
+                 b in self.vocab.items()]
         lines.append('  "vocab": {\n' + ",\n".join(vocab) + "\n  }")
         lines.append("}")
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -410,11 +438,13 @@ class BPETokenizer:
     def load(cls, path: str | Path) -> BPETokenizer:
         path = Path(path)
         if not path.is_file():
-            raise SLMError(f"tokenizer file not found: {path}; save one first with tokenizer.save(path)")
+            raise SLMError(f"tokenizer file not found: {path}; save one first with "
+                           "tokenizer.save(path)")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise SLMError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); save the tokenizer again") from None
+            raise SLMError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); save the "
+                           "tokenizer again") from None
         return cls.from_dict(d)
 
     def __repr__(self) -> str:

@@ -14,7 +14,8 @@ class CharTokenizer:
 
     def __init__(self, chars: list[str]):
         if len(set(chars)) != len(chars):
-            raise SLMError("character vocabulary has duplicates; build it with CharTokenizer.from_text")
+            raise SLMError("character vocabulary has duplicates; build it with "
+                           "CharTokenizer.from_text")
         self.chars = list(chars)
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
 
@@ -33,7 +34,8 @@ class CharTokenizer:
             return [self.stoi[ch] for ch in text]
         except KeyError:
             unknown = sorted(set(text) - self.stoi.keys())
-            shown = ", ".join(repr(ch) for ch in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            shown = ", ".join(repr(ch) for ch in unknown[:10]) + (", ..." if len(unknown) > 10
+                                                                  else "")
             raise SLMError(
                 f"text contains {len(unknown)} character(s) not in the vocabulary: {shown}; "
                 "remove them or build the tokenizer from text that contains them"

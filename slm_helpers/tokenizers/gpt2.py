@@ -1,4 +1,5 @@
-"""GPT-2's tokenizer from the files shipped in ``data/gpt2/``, both as ours and as tiktoken's, offline.
+"""GPT-2's tokenizer from the files shipped in ``data/gpt2/``, both as ours and as tiktoken's,
+offline.
 
 GPT-2 released two files: ``vocab.bpe`` (the 50,000 merges, in the order they were learned) and
 ``encoder.json`` (token string -> id). Both write bytes through a table, :func:`bytes_to_unicode`,
@@ -20,7 +21,8 @@ from .bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer
 
 
 def _gpt2_file(name: str) -> Path:
-    """Path of GPT-2's tokenizer file ``name`` (shipped, or downloaded once), checked against its published hash."""
+    """Path of GPT-2's tokenizer file ``name`` (shipped, or downloaded once), checked against its
+    published hash."""
     remote = DATA_FILES[f"gpt2/{name}"]
     path = data_path(f"gpt2/{name}")
     if hashlib.sha256(path.read_bytes()).hexdigest() != remote.sha256:
@@ -32,7 +34,8 @@ def _gpt2_file(name: str) -> Path:
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> character table: printable bytes stand for themselves, the other 68 bytes
     (space, control characters, ...) get the characters from chr(256) on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     table = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):
@@ -44,7 +47,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def byte_level_tokenizer(tokens: list[str], merges: list[str], special_tokens: dict[str, int],
                          pattern: str = GPT2_SPLIT_PATTERN) -> BPETokenizer:
-    """Our :class:`BPETokenizer` from a released vocabulary written through :func:`bytes_to_unicode`.
+    """Our :class:`BPETokenizer` from a released vocabulary written through
+    :func:`bytes_to_unicode`.
 
     ``tokens[i]`` is the text of id i (a special token's id holds its own text), ``merges`` are
     "left right" strings in the order they were learned, and ``special_tokens`` maps text -> id.
@@ -67,26 +71,31 @@ def byte_level_tokenizer(tokens: list[str], merges: list[str], special_tokens: d
     if byte_ids != list(range(first_id, first_id + len(byte_ids))):
         raise SLMError("the one-byte tokens of this vocabulary are not at consecutive ids, "
                        "which a BPETokenizer needs")
-    token_id = {tokens[i]: i for i in ordinary}  # text -> id (the table maps bytes to text one to one)
+    # text -> id (the table maps bytes to text one to one)
+    token_id = {tokens[i]: i for i in ordinary}
     pairs = []
     for k, merge in enumerate(merges):
         left, right = merge.split(" ")
         made, expected = token_id.get(left + right), first_id + len(byte_ids) + k
         if made != expected or left not in token_id or right not in token_id:
-            raise SLMError(f"merge {k} ({merge!r}) makes id {made}, but a BPETokenizer numbers merge k "
-                           f"{first_id + len(byte_ids)} + k = {expected}: this vocabulary is not in merge order")
+            raise SLMError(f"merge {k} ({merge!r}) makes id {made}, but a BPETokenizer numbers "
+                           f"merge k {first_id + len(byte_ids)} + k = {expected}: this vocabulary "
+                           "is not in merge order")
         pairs.append((token_id[left], token_id[right]))
     if len(ordinary) != len(byte_ids) + len(merges):
-        raise SLMError(f"the vocabulary has {len(ordinary)} ordinary tokens but {len(byte_ids)} bytes and "
-                       f"{len(merges)} merges make {len(byte_ids) + len(merges)}")
-    return BPETokenizer(pairs, special_tokens, pattern, [to_bytes(tokens[i])[0] for i in byte_ids], first_id)
+        raise SLMError(f"the vocabulary has {len(ordinary)} ordinary tokens but {len(byte_ids)} "
+                       f"bytes and {len(merges)} merges make {len(byte_ids) + len(merges)}")
+    return BPETokenizer(pairs, special_tokens, pattern, [to_bytes(tokens[i])[0] for i in byte_ids],
+                        first_id)
 
 
 def gpt2_tokenizer() -> BPETokenizer:
-    """Our :class:`BPETokenizer` loaded with GPT-2's 50,000 merges; same ids as GPT-2 (50,257 in all).
+    """Our :class:`BPETokenizer` loaded with GPT-2's 50,000 merges; same ids as GPT-2 (50,257 in
+    all).
 
     GPT-2's ids 0..255 are its byte tokens in the order of the printable table (id 0 is '!'), so the
-    tokenizer carries that ``byte_order``; ``encoder.json`` must agree with the ids the merges imply."""
+    tokenizer carries that ``byte_order``; ``encoder.json`` must agree with the ids the merges
+    imply."""
     encoder = json.loads(_gpt2_file("encoder.json").read_text(encoding="utf-8"))
     tokens = sorted(encoder, key=encoder.get)
     if [encoder[t] for t in tokens] != list(range(len(tokens))):
@@ -103,7 +112,8 @@ def gpt2_tokenizer() -> BPETokenizer:
 
 @contextmanager
 def _tiktoken_cache_off():
-    """tiktoken copies every file it reads into a cache directory; TIKTOKEN_CACHE_DIR='' turns that off."""
+    """tiktoken copies every file it reads into a cache directory; TIKTOKEN_CACHE_DIR='' turns that
+    off."""
     old = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = ""
     try:
@@ -122,8 +132,10 @@ def gpt2_encoding():
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    vocab_bpe, encoder_json = _gpt2_file("vocab.bpe"), _gpt2_file("encoder.json")  # hashes checked here
+    # hashes checked here
+    vocab_bpe, encoder_json = _gpt2_file("vocab.bpe"), _gpt2_file("encoder.json")
     with _tiktoken_cache_off():
-        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
+        ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe),
+                                                encoder_json_file=str(encoder_json))
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
                              special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)
