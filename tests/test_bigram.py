@@ -33,23 +33,27 @@ def test_probs_rows_sum_to_one():
 
 
 def test_nll_hand_computation():
-    # ids 0 0 0 1, vocabulary of 2, add-one smoothing: after 0 come (0, 0, 1) -> counts [2, 1] -> [3, 2] / 5.
+    # ids 0 0 0 1, vocabulary of 2, add-one smoothing: after
+    # 0 come (0, 0, 1) -> counts [2, 1] -> [3, 2] / 5.
     model = CountingBigram.fit(torch.tensor([0, 0, 0, 1]), 2, smoothing=1.0)
     assert model.counts.tolist() == [[2, 1], [0, 0]]
     assert torch.allclose(model.probs, torch.tensor([[0.6, 0.4], [0.5, 0.5]]))
     expected = -(2 * math.log(0.6) + math.log(0.4)) / 3
     assert model.nll(torch.tensor([0, 0, 0, 1])) == pytest.approx(expected, abs=1e-6)
     # On other text: 1 -> 0 has probability 0.5, 0 -> 1 has 0.4.
-    assert model.nll(torch.tensor([1, 0, 1])) == pytest.approx(-(math.log(0.5) + math.log(0.4)) / 2, abs=1e-6)
+    assert model.nll(torch.tensor([1, 0, 1])) == pytest.approx(-(math.log(0.5) + math.log(0.4)) / 2,
+                                                               abs=1e-6)
 
 
 def test_generate_follows_a_deterministic_chain():
-    model = CountingBigram.fit(torch.tensor([0, 1, 2] * 5 + [0]), 3, smoothing=0.0)  # 0 -> 1 -> 2 -> 0 always
+    # 0 -> 1 -> 2 -> 0 always
+    model = CountingBigram.fit(torch.tensor([0, 1, 2] * 5 + [0]), 3, smoothing=0.0)
     assert model.generate(1, 7) == [1, 2, 0, 1, 2, 0, 1, 2]
 
 
 def test_generate_is_repeatable_with_a_seed():
-    model = CountingBigram.fit(torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(2)), 5)
+    model = CountingBigram.fit(torch.randint(0, 5, (200,),
+                                             generator=torch.Generator().manual_seed(2)), 5)
     a = model.generate(0, 50, torch.Generator().manual_seed(3))
     b = model.generate(0, 50, torch.Generator().manual_seed(3))
     assert a == b and len(a) == 51 and all(0 <= i < 5 for i in a)
@@ -61,7 +65,8 @@ def test_fit_needs_two_tokens():
 
 
 def test_neural_bigram_with_log_count_table_has_the_same_nll():
-    """The lesson's point: a table of logits equal to log P(next | current) IS the counting model."""
+    """The lesson's point: a table of logits equal to log P(next | current) IS the counting
+    model."""
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000]
     tok = CharTokenizer.from_text(text)
     ids = torch.tensor(tok.encode(text))
@@ -88,6 +93,7 @@ def test_neural_bigram_trains_towards_the_counting_nll():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    # Full-batch training converges to the maximum-likelihood table, which the counts give in closed form.
+    # Full-batch training converges to the maximum-likelihood
+    # table, which the counts give in closed form.
     assert model(x, y)[1].item() == pytest.approx(target, abs=0.005)
     assert model(x)[1] is None

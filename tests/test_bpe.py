@@ -1,4 +1,5 @@
-"""Byte-level BPE: fast trainer == naive trainer, exact GPT-2 parity with tiktoken, export, errors."""
+"""Byte-level BPE: fast trainer == naive trainer, exact GPT-2 parity with tiktoken, export,
+errors."""
 
 import hashlib
 import json
@@ -60,8 +61,10 @@ def _read(name):
 def _random_texts(n=200, seed=0):
     """Random strings drawn from many scripts, spaces, digits and apostrophes."""
     rng = random.Random(seed)
-    pools = ["abcXYZ", " ", "  \n\t", "0123456789", "'", "éüßñ", "中文日本", "😀🎉", "\u0301", ".,!?-", "<|>"]
-    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+    pools = ["abcXYZ", " ", "  \n\t", "0123456789", "'", "éüßñ", "中文日本", "😀🎉", "\u0301",
+             ".,!?-", "<|>"]
+    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 60)))
+            for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,8 @@ def test_trained_vocab_size_and_special_ids(shakespeare_bpe):
     assert tok.vocab_size == 1024
     assert len(tok.merges) == 1024 - 256 - 1
     assert tok.special_tokens == {ENDOFTEXT: 1023}
-    assert tok.vocab[256] == b" t"  # the most frequent pair of Shakespeare: space + 't' ("the", "to", ...)
+    # the most frequent pair of Shakespeare: space + 't' ("the", "to", ...)
+    assert tok.vocab[256] == b" t"
     ids = tok.encode(_read("tinyshakespeare.txt"))
     assert max(ids) < 1023  # the special token never comes out of ordinary text
     assert len(ids) < 0.45 * len(_read("tinyshakespeare.txt"))  # it compresses
@@ -162,7 +166,8 @@ def test_gpt2_partial_utf8_decodes_like_tiktoken(gpt2, enc):
 def test_gpt2_special_token_like_tiktoken(gpt2, enc):
     text = "end of one<|endoftext|>start of two"
     assert gpt2.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
-    assert gpt2.encode(text, allowed_special={ENDOFTEXT}) == enc.encode(text, allowed_special={ENDOFTEXT})
+    assert gpt2.encode(text, allowed_special={ENDOFTEXT}) == enc.encode(text,
+                                                                        allowed_special={ENDOFTEXT})
     assert 50256 in gpt2.encode(text, allowed_special="all")
     assert gpt2.encode(text, disallowed_special=()) == enc.encode(text, disallowed_special=())
     assert 50256 not in gpt2.encode(text, disallowed_special=())
@@ -205,7 +210,8 @@ def test_gpt2_encoding_loads_offline(monkeypatch, tmp_path):
 
 
 def test_corrupted_gpt2_file_is_reported(monkeypatch, tmp_path):
-    # SLM_DATA_DIR is searched before the shipped data/ folder, so this broken copy is the one found.
+    # SLM_DATA_DIR is searched before the shipped data/
+    # folder, so this broken copy is the one found.
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "vocab.bpe").write_text("#version: 0.2\nĠ t\n", encoding="utf-8")
     monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
@@ -352,13 +358,18 @@ def test_bad_saved_tokenizers(tmp_path):
 def test_first_id_puts_the_special_tokens_below_the_bytes():
     tok = BPETokenizer([(2 + 97, 2 + 98)], {"<s>": 0, "</s>": 1}, first_id=2)  # merge 0: "a" + "b"
     assert tok.vocab_size == 2 + 256 + 1 and tok.first_id == 2
-    assert tok.vocab[0] == b"<s>" and tok.vocab[2] == b"\x00" and tok.vocab[2 + 97] == b"a" and tok.vocab[258] == b"ab"
+    assert (tok.vocab[0] == b"<s>" and tok.vocab[2] == b"\x00" and tok.vocab[2 + 97] == b"a"
+            and tok.vocab[258] == b"ab")
     assert tok.encode("abc") == [258, 2 + 99]
-    assert tok.encode("<s>ab", allowed_special="all") == [0, 258] and tok.decode([0, 258, 1]) == "<s>ab</s>"
+    assert tok.encode("<s>ab", allowed_special="all") == [0,
+                                                          258] and tok.decode([0, 258,
+                                                                               1]) == "<s>ab</s>"
     exported = tok.to_tiktoken()  # tiktoken takes ids that start after the special tokens too
     for text in STRESS + ["<s>ab</s>"]:
-        assert exported.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all"), repr(text)
-    with pytest.raises(SLMError, match=r"merge 0 \(1, 99\) uses ids that do not exist yet \(2..257\)"):
+        assert (exported.encode(text, allowed_special="all")
+                == tok.encode(text, allowed_special="all")), repr(text)
+    with pytest.raises(SLMError,
+                       match=r"merge 0 \(1, 99\) uses ids that do not exist yet \(2..257\)"):
         BPETokenizer([(1, 99)], first_id=2)  # id 1 is below the bytes: a special token's place
     with pytest.raises(SLMError, match="outside the byte and merge ids"):
         BPETokenizer([], {"<s>": 5}, first_id=2)
@@ -372,24 +383,30 @@ def test_a_byte_without_a_token_is_dropped():
     tok = BPETokenizer([(order.index(45), order.index(45))], byte_order=order)  # merge 0: "-" + "-"
     dash, dashes = order.index(45), len(order)
     assert tok.vocab_size == 254 + 1 and tok.vocab[dashes] == b"--"
-    # dropped inside its chunk, before merging, as Hugging Face's BPE drops a character it has no token for
-    assert tok.encode("-\x00-") == tok.encode("--") == [dashes] and tok.encode("-\x07\x00-\x00-") == [dashes, dash]
+    # dropped inside its chunk, before merging, as Hugging
+    # Face's BPE drops a character it has no token for
+    assert (tok.encode("-\x00-") == tok.encode("--") == [dashes]
+            and tok.encode("-\x07\x00-\x00-") == [dashes, dash])
     assert tok.encode("\x07") == [] and tok.encode("a\x07\x00") == tok.encode("a")
     assert tok.decode(tok.encode("null\x00byte")) == "nullbyte"
 
 
 def test_first_id_and_byte_order_survive_save_and_load(tmp_path):
-    order = sorted(set(range(256)) - {0, 255}, key=lambda b: (b * 37) % 256)  # a scrambled order, two bytes left out
+    # a scrambled order, two bytes left out
+    order = sorted(set(range(256)) - {0, 255}, key=lambda b: (b * 37) % 256)
     merges = train_merges(_read("tinyshakespeare.txt")[:3000], 30)
     position = {b: 3 + i for i, b in enumerate(order)}
-    moved = [(position.get(a, a - 256 + 3 + 254), position.get(b, b - 256 + 3 + 254)) for a, b in merges]
-    tok = BPETokenizer(moved, {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}, byte_order=order, first_id=3)
+    moved = [(position.get(a, a - 256 + 3 + 254), position.get(b, b - 256 + 3 + 254)) for a,
+             b in merges]
+    tok = BPETokenizer(moved, {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2},
+                       byte_order=order, first_id=3)
     path = tmp_path / "released.json"
     tok.save(path)
     saved = json.loads(path.read_text(encoding="utf-8"))
     assert saved["first_id"] == 3 and saved["byte_order"] == order
     text = _read("tinyshakespeare.txt")[:4000] + "".join(STRESS)
-    for again in (BPETokenizer.load(path), tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))):
+    for again in (BPETokenizer.load(path),
+                  tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))):
         assert (again.first_id, again.byte_order, again.merges) == (3, order, tok.merges)
         assert again.vocab == tok.vocab and again.special_tokens == tok.special_tokens
         assert again.encode(text, disallowed_special=()) == tok.encode(text, disallowed_special=())
@@ -399,13 +416,16 @@ def test_first_id_and_byte_order_survive_save_and_load(tmp_path):
 
 def test_to_tiktoken_refuses_a_tokenizer_without_every_byte():
     tok = BPETokenizer([], byte_order=[b for b in range(256) if b != 4])
-    with pytest.raises(SLMError, match="tiktoken needs a token for each of the 256 bytes and this tokenizer has 255"):
+    with pytest.raises(SLMError,
+                       match="tiktoken needs a token for each of the 256 bytes and this tokenizer "
+                             "has 255"):
         tok.to_tiktoken()
 
 
 def _released_vocabulary(text, n_merges, specials=("<|endoftext|>", "<|im_start|>")):
-    """(tokens, merges, merges as trained) in a released file's layout: special tokens first, then the 256
-    bytes in GPT-2's table order, then one token per merge, written through GPT-2's byte table."""
+    """(tokens, merges, merges as trained) in a released file's layout: special tokens first, then
+    the 256 bytes in GPT-2's table order, then one token per merge, written through GPT-2's byte
+    table."""
     table = bytes_to_unicode()
     trained = train_merges(text, n_merges)
     pieces = dict(table)
@@ -420,9 +440,12 @@ def test_byte_level_tokenizer_reads_a_released_layout():
     tokens, merges, trained = _released_vocabulary(text, 60)
     tok = byte_level_tokenizer(tokens, merges, {"<|endoftext|>": 0, "<|im_start|>": 1})
     assert tok.first_id == 2 and tok.vocab_size == len(tokens)
-    assert tok.byte_order == sorted(range(256), key=bytes_to_unicode().get) == gpt2_tokenizer().byte_order
-    plain = BPETokenizer(trained)  # the same merges in the course's own layout: bytes 0-255, merge k = 256 + k
-    ours = {b: 2 + tok.byte_order.index(b) for b in range(256)} | {256 + k: 258 + k for k in range(60)}
+    assert tok.byte_order == sorted(range(256),
+                                    key=bytes_to_unicode().get) == gpt2_tokenizer().byte_order
+    # the same merges in the course's own layout: bytes 0-255, merge k = 256 + k
+    plain = BPETokenizer(trained)
+    ours = {b: 2 + tok.byte_order.index(b) for b in range(256)} | {256 + k: 258 + k
+                                                                   for k in range(60)}
     for sample in (text, *STRESS):
         assert tok.encode(sample) == [ours[i] for i in plain.encode(sample)], repr(sample)
 
@@ -430,32 +453,42 @@ def test_byte_level_tokenizer_reads_a_released_layout():
 def test_byte_level_tokenizer_refuses_what_a_bpe_tokenizer_cannot_hold():
     tokens, merges, _ = _released_vocabulary(_read("tinyshakespeare.txt")[:5000], 20)
     specials = {"<|endoftext|>": 0, "<|im_start|>": 1}
-    swapped = tokens[:-2] + [tokens[-1], tokens[-2]]  # the last two merges' tokens at each other's ids
-    with pytest.raises(SLMError, match=r"merge 18 \(.*\) makes id 277, but a BPETokenizer numbers merge k 258 \+ k "
+    # the last two merges' tokens at each other's ids
+    swapped = tokens[:-2] + [tokens[-1], tokens[-2]]
+    with pytest.raises(SLMError,
+                       match=r"merge 18 \(.*\) makes id 277, but a BPETokenizer numbers merge k "
+                             r"258 \+ k "
                                        "= 276: this vocabulary is not in merge order"):
         byte_level_tokenizer(swapped, merges, specials)
     with pytest.raises(SLMError, match="not in merge order"):
-        byte_level_tokenizer(tokens, merges[1:] + merges[:1], specials)  # the merges listed out of order
+        # the merges listed out of order
+        byte_level_tokenizer(tokens, merges[1:] + merges[:1], specials)
     apart = tokens[:100] + [tokens[-1]] + tokens[100:-1]  # a merged token among the bytes
-    with pytest.raises(SLMError, match="one-byte tokens of this vocabulary are not at consecutive ids"):
+    with pytest.raises(SLMError,
+                       match="one-byte tokens of this vocabulary are not at consecutive ids"):
         byte_level_tokenizer(apart, merges[:-1], specials)
-    foreign = [("€" if token == "ÿ" else token) for token in tokens]  # a one-character token outside the table
+    # a one-character token outside the table
+    foreign = [("€" if token == "ÿ" else token) for token in tokens]
     with pytest.raises(SLMError, match="token '€' is not written through GPT-2's byte table"):
         byte_level_tokenizer(foreign, merges, specials)
-    with pytest.raises(SLMError, match="has 277 ordinary tokens but 256 bytes and 20 merges make 276"):
+    with pytest.raises(SLMError,
+                       match="has 277 ordinary tokens but 256 bytes and 20 merges make 276"):
         byte_level_tokenizer(tokens + ["ĠĠĠ"], merges, specials)
 
 
 @pytest.mark.parametrize("texts", ["stress", "random"])
 def test_digits_split_pattern_cuts_as_hugging_faces_digits_then_byte_level(texts):
-    """SmolLM2's tokenizer.json runs two pre-tokenizers, Digits then ByteLevel (GPT-2's split); the one regex
-    DIGITS_SPLIT_PATTERN must give the very same pieces."""
-    pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers", reason="the tokenizers package is not installed")
+    """SmolLM2's tokenizer.json runs two pre-tokenizers, Digits then ByteLevel (GPT-2's split); the
+    one regex DIGITS_SPLIT_PATTERN must give the very same pieces."""
+    pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers",
+                                         reason="the tokenizers package is not installed")
     smollm2 = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+                                       pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                use_regex=True)])
     decoder = {ch: b for b, ch in bytes_to_unicode().items()}
     split = regex.compile(DIGITS_SPLIT_PATTERN)
     samples = STRESS + ["a  1", "x \n 22", "  3", "1 ", "   \t12\n\n3  a", "x1y 2z", "٣ ૧ 1"]
     for text in samples if texts == "stress" else _random_texts(400, seed=2):
-        expected = [bytes(decoder[ch] for ch in piece) for piece, _ in smollm2.pre_tokenize_str(text)]
+        expected = [bytes(decoder[ch] for ch in piece) for piece,
+                    _ in smollm2.pre_tokenize_str(text)]
         assert [chunk.encode("utf-8") for chunk in split.findall(text)] == expected, repr(text)

@@ -14,12 +14,15 @@ from slm_helpers.tokenizers import CharTokenizer
 
 @pytest.fixture
 def saved(tmp_path, tiny_config):
-    """A real checkpoint of a tiny GPT, as the Trainer would write it (the keys load_model needs)."""
+    """A real checkpoint of a tiny GPT, as the Trainer would write it (the keys load_model
+    needs)."""
     torch.manual_seed(0)
     model = GPT(tiny_config).eval()
     tok = CharTokenizer.from_text("abcdefghijklmnopqrs\n")  # 20 characters, the config's vocab_size
-    state = {"model": model.state_dict(), "model_config": tiny_config.to_dict(), "tokenizer": tok.to_dict(),
-             "step": 42, "history": [{"step": 42, "train": 1.5, "val": 1.6, "tokens_per_sec": None}]}
+    state = {"model": model.state_dict(), "model_config": tiny_config.to_dict(),
+             "tokenizer": tok.to_dict(),
+             "step": 42,
+             "history": [{"step": 42, "train": 1.5, "val": 1.6, "tokens_per_sec": None}]}
     path = save_checkpoint(state, tmp_path / "run" / "best.pt")  # creates the folder
     return path, model, tok
 
@@ -48,7 +51,8 @@ def test_save_is_atomic(saved, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"model": {}, "model_config": {}, "tokenizer": {}, "step": 99}, path)
     assert path.read_bytes() == before  # the old checkpoint is intact
-    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # and no temporary file is left
+    # and no temporary file is left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 42
 
@@ -66,7 +70,8 @@ def test_ctrl_c_during_a_save_leaves_the_previous_checkpoint(saved, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"model": {}, "model_config": {}, "tokenizer": {}, "step": 99}, path)
     assert path.read_bytes() == before  # byte for byte
-    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left behind
+    # no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
 
 
 def test_save_replaces_the_old_file(saved):
@@ -93,8 +98,10 @@ def test_random_files_are_not_checkpoints(tmp_path):
     rng = random.Random(0)
     path = tmp_path / "junk.pt"
     samples = [b"", b"hello world\n", b"PK\x03\x04", bytes(100)]
-    samples += [bytes(rng.randrange(256) for _ in range(rng.choice([1, 3, 10, 200, 2000]))) for _ in range(40)]
-    samples += [bytes(rng.choice(b"abc xyz\n{}()[]0123") for _ in range(rng.choice([2, 10, 100]))) for _ in range(40)]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.choice([1, 3, 10, 200, 2000])))
+                for _ in range(40)]
+    samples += [bytes(rng.choice(b"abc xyz\n{}()[]0123") for _ in range(rng.choice([2, 10, 100])))
+                for _ in range(40)]
     for content in samples:
         path.write_bytes(content)
         with pytest.raises(SLMError, match="junk.pt"):
@@ -125,7 +132,8 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path):
         load_model(tmp_path / "bad.pt")
 
 
-# ---------------------------------------------------------------- what a checkpoint holds besides the weights
+# ----------------------------------------------------------------
+# what a checkpoint holds besides the weights
 
 def test_rng_state_puts_back_every_generator_a_run_draws_from():
     batches = torch.Generator().manual_seed(3)
@@ -140,14 +148,17 @@ def test_rng_state_puts_back_every_generator_a_run_draws_from():
 
 def test_check_model_config_names_each_difference():
     model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    checkpoint.check_model_config(model, {k: v for k, v in model.config.to_dict().items() if k != "norm"})
-    with pytest.raises(SLMError, match="n_layer: checkpoint 2 vs now 1, n_embd: checkpoint 32 vs now 16"):
+    checkpoint.check_model_config(model,
+                                  {k: v for k, v in model.config.to_dict().items() if k != "norm"})
+    with pytest.raises(SLMError,
+                       match="n_layer: checkpoint 2 vs now 1, n_embd: checkpoint 32 vs now 16"):
         checkpoint.check_model_config(model, {**model.config.to_dict(), "n_layer": 2, "n_embd": 32})
 
 
 def _frozen_base(seed=0):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False))
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                          tie_embeddings=False))
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.transformer.h[1].parameters():  # fine-tune the last block only
@@ -168,7 +179,8 @@ def test_trainable_only_state_holds_only_the_parameters_that_train_and_loads_ont
     for (name, p), q in zip(base.state_dict().items(), tuned.state_dict().values()):
         assert torch.equal(p, q), name
     other = _frozen_base()
-    other.transformer.h[0].attn.c_attn.weight.requires_grad_(True)  # trains one more matrix than the checkpoint
+    # trains one more matrix than the checkpoint
+    other.transformer.h[0].attn.c_attn.weight.requires_grad_(True)
     with pytest.raises(SLMError, match="freeze the same parameters"):
         checkpoint.load_model_state(other, state, trainable_only=True)
     assert set(checkpoint.model_state(tuned)) == set(tuned.state_dict())  # by default: everything

@@ -1,7 +1,7 @@
 """Checkpoints written before the model/Trainer redesign still load and give the same logits.
 
-tests/data/checkpoints/ holds one tiny checkpoint per architecture the presets and lessons use, written by
-the code of commit 997d4bd with the logits it gave (tests/make_compat_checkpoints.py)."""
+tests/data/checkpoints/ holds one tiny checkpoint per architecture the presets and lessons use,
+written by the code of commit 997d4bd with the logits it gave (tests/make_compat_checkpoints.py)."""
 
 from pathlib import Path
 
@@ -16,7 +16,8 @@ ARCHITECTURE = ("bias", "norm", "position", "mlp", "qk_norm", "tie_embeddings", 
 
 
 def _architecture(config) -> tuple:
-    return (*(getattr(config, name) for name in ARCHITECTURE), config.n_kv_head > 0, config.vocab_multiple > 1)
+    return (*(getattr(config, name) for name in ARCHITECTURE), config.n_kv_head > 0,
+            config.vocab_multiple > 1)
 
 
 @pytest.mark.parametrize("path", sorted(CHECKPOINTS.glob("*.pt")), ids=lambda p: p.stem)

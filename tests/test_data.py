@@ -1,5 +1,5 @@
-"""data.py and download.py: downloads against a local HTTP server, the corpus registry, reading and cleaning
-text, splits, batches."""
+"""data.py and download.py: downloads against a local HTTP server, the corpus registry, reading and
+cleaning text, splits, batches."""
 
 import hashlib
 import http.server
@@ -30,7 +30,8 @@ from slm_helpers.errors import SLMError
 
 SHAKESPEARE = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
 
-PAYLOAD = b"".join(b"line %d of a small test corpus\n" % i for i in range(2000))  # ~60 KB: several chunks
+# ~60 KB: several chunks
+PAYLOAD = b"".join(b"line %d of a small test corpus\n" % i for i in range(2000))
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def test_download_http_error_is_an_slm_error(server, tmp_path):
 
 
 def test_download_cut_short_by_the_server_is_rejected(tmp_path):
-    """A server that announces more bytes than it sends: without a size to check, Content-Length catches it."""
+    """A server that announces more bytes than it sends: without a size to check, Content-Length
+    catches it."""
 
     class Short(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -157,7 +159,8 @@ def test_data_path_without_data_dir_downloads_into_the_cache(server, tmp_path, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setitem(data.DATA_FILES, "unit-test-corpus.txt",
                         RemoteFile(f"{server.url}/corpus.txt", SHA, len(PAYLOAD)))
-    assert data.data_path("unit-test-corpus.txt") == tmp_path / "xdg-cache" / "slm_helpers" / "unit-test-corpus.txt"
+    assert (data.data_path("unit-test-corpus.txt")
+            == tmp_path / "xdg-cache" / "slm_helpers" / "unit-test-corpus.txt")
 
 
 def test_data_path_unknown_file():
@@ -198,14 +201,17 @@ def test_load_shakespeare_is_the_shipped_file():
 
 
 def test_shipped_files_need_no_byte_order_mark_rule_but_darwin():
-    """The reader drops a byte-order mark: only Darwin's file has one, so no other shipped text changes."""
+    """The reader drops a byte-order mark: only Darwin's file has one, so no other shipped text
+    changes."""
     starts = {name: (data.REPO_DATA_DIR / name).read_bytes()[:3] for name in
               ("tinyshakespeare.txt", "origin_of_species.txt", "tinystories_sample.txt")}
-    assert [name for name, head in starts.items() if head == b"\xef\xbb\xbf"] == ["origin_of_species.txt"]
+    assert [name for name,
+            head in starts.items() if head == b"\xef\xbb\xbf"] == ["origin_of_species.txt"]
 
 
 def test_a_multi_file_corpus_is_its_files_in_order():
-    assert load_text("tinystories-sample+shakespeare") == load_text("tinystories-sample") + load_text("shakespeare")
+    assert (load_text("tinystories-sample+shakespeare")
+            == load_text("tinystories-sample") + load_text("shakespeare"))
 
 
 def test_a_streamed_corpus_is_not_read_whole():
@@ -215,7 +221,8 @@ def test_a_streamed_corpus_is_not_read_whole():
 
 def test_text_blocks_streams_the_same_text_it_reads_whole(tmp_path):
     path = tmp_path / "mixed.txt"
-    path.write_bytes(("\ufeff" + "one\r\ntwo\rthree\n" * 300).encode("utf-8"))  # BOM, Windows and old Mac line ends
+    # BOM, Windows and old Mac line ends
+    path.write_bytes(("\ufeff" + "one\r\ntwo\rthree\n" * 300).encode("utf-8"))
     whole = "".join(text_blocks(path))
     assert whole == "one\ntwo\nthree\n" * 300
     assert "".join(text_blocks(path, block_chars=7)) == whole
@@ -229,7 +236,8 @@ def test_load_text_from_a_path(tmp_path):
 
 
 def test_strip_gutenberg_hand_example():
-    book = "header\nlicence\n*** START OF THIS BOOK ***\n\nCHAPTER I.\nText.\n\n*** END OF THIS BOOK ***\nlicence\n"
+    book = ("header\nlicence\n*** START OF THIS BOOK ***\n\nCHAPTER I.\nText.\n\n"
+            "*** END OF THIS BOOK ***\nlicence\n")
     assert strip_gutenberg(book) == "CHAPTER I.\nText.\n"
     assert strip_gutenberg("no markers here\n") == "no markers here\n"
 
@@ -261,18 +269,20 @@ def test_a_bad_byte_is_found_where_it_is_even_when_streaming(tmp_path):
 def test_a_directory_is_called_a_directory(tmp_path):
     with pytest.raises(SLMError) as err:
         load_text(tmp_path)
-    assert str(err.value) == (f"{tmp_path} is a directory, not a text file; pass a UTF-8 text file or a corpus name "
-                              f"({', '.join(data.CORPORA)})")
+    assert str(err.value) == (f"{tmp_path} is a directory, not a text file; pass a UTF-8 text file "
+                              f"or a corpus name ({', '.join(data.CORPORA)})")
 
 
 def test_cli_train_on_a_directory_is_a_one_line_error(tmp_path, capsys):
     folder = tmp_path / "some_folder"
     folder.mkdir()
-    rc = main(["train", "--preset", "shakespeare-char-cpu", "--data", f"{folder}/", "--out", str(tmp_path / "run"),
+    rc = main(["train", "--preset", "shakespeare-char-cpu", "--data", f"{folder}/", "--out",
+               str(tmp_path / "run"),
                "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {folder} is a directory, not a text file; pass a UTF-8 text file or a corpus name (")
+    assert err.startswith(f"error: {folder} is a directory, not a text file; pass a UTF-8 text "
+                          "file or a corpus name (")
     assert not (tmp_path / "run").exists()
 
 
@@ -295,7 +305,8 @@ def test_train_val_split_bad_fraction(fraction):
 
 def test_get_batch_windows_come_from_the_data():
     g = torch.Generator().manual_seed(0)
-    source = torch.randperm(5000, generator=g)  # distinct values: a value tells where a window starts
+    # distinct values: a value tells where a window starts
+    source = torch.randperm(5000, generator=g)
     where = torch.empty(5000, dtype=torch.long)
     where[source] = torch.arange(5000)
     x, y = get_batch(source, batch_size=16, block_size=12, generator=g)
@@ -345,7 +356,8 @@ def test_chat_examples_mask_the_prompt_and_the_padding():
     source = ChatExamples([([1, 2, 3], [4, 5]), ([6], [7, 8, 9, 10, 11, 12])], seq_len=5, pad_id=0)
     x, y = source.batch(torch.tensor([0, 1]))
     I = IGNORE_INDEX  # noqa: E741
-    # prompt 1 2 3, reply 4 5: the targets 2 and 3 are prompt tokens, the last two positions padding.
+    # prompt 1 2 3, reply 4 5: the targets 2 and 3 are
+    # prompt tokens, the last two positions padding.
     assert x[0].tolist() == [1, 2, 3, 4, 0] and y[0].tolist() == [I, I, 4, 5, I]
     # prompt 6, reply 7..12: cut to seq_len + 1 = 6 tokens, every target a reply token.
     assert x[1].tolist() == [6, 7, 8, 9, 10] and y[1].tolist() == [7, 8, 9, 10, 11]

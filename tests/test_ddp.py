@@ -22,25 +22,28 @@ CONFIG = """\
 data: {data}
 tokenizer: char
 model: {{n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, dropout: 0.0}}
-train: {{max_iters: 6, batch_size: 4, grad_accum: 4, learning_rate: 1.0e-2, min_lr: 1.0e-3, warmup_iters: 2,
-         eval_interval: 3, eval_iters: 2, log_interval: 1}}
+train: {{max_iters: 6, batch_size: 4, grad_accum: 4, learning_rate: 1.0e-2, min_lr: 1.0e-3,
+         warmup_iters: 2, eval_interval: 3, eval_iters: 2, log_interval: 1}}
 """
 
 
 def _run(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLM_DEVICE": "cpu"}
     env.pop("SLM_QUICK", None)
-    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    (tmp / "poem.txt").write_text("Twinkle, twinkle, little star,\nHow I wonder what you are!\n" * 40)
+    (tmp / "poem.txt").write_text("Twinkle, twinkle, little star,\nHow I wonder what you "
+                                  "are!\n" * 40)
     (tmp / "run.yaml").write_text(CONFIG.format(data=tmp / "poem.txt"))
     train = ["-m", "slm_helpers", "train", "--config", "run.yaml", "--out"]
     single = _run([*train, "single"], tmp)
-    ddp = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train, "ddp"], tmp)
+    ddp = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train,
+                "ddp"], tmp)
     return tmp, single, ddp
 
 
@@ -74,6 +77,7 @@ def test_ddp_weights_match_one_process(runs):
 
 def test_only_rank_zero_writes_and_prints(runs):
     tmp, _, ddp = runs
-    assert sorted(p.name for p in (tmp / "ddp").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp / "ddp").iterdir()) == ["best.pt", "last.pt",
+                                                               "metrics.jsonl"]
     assert ddp.stdout.count("done: step 6") == 1
     assert ddp.stdout.count("parameters, cpu x 2") == 1

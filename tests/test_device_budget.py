@@ -8,7 +8,14 @@ import torch
 
 from slm_helpers import device as device_mod
 from slm_helpers.budget import budget, is_quick
-from slm_helpers.device import environment_report, has_tf32, pick_device, seed_everything, supports_bf16, synchronize
+from slm_helpers.device import (
+    environment_report,
+    has_tf32,
+    pick_device,
+    seed_everything,
+    supports_bf16,
+    synchronize,
+)
 from slm_helpers.errors import SLMError
 from slm_helpers.precision import autocast_dtype
 
@@ -31,7 +38,8 @@ def test_pick_device_prefers_cuda_when_present(monkeypatch):
 
 
 def test_pick_device_on_this_machine():
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if device_mod._mps_available() else "cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if device_mod._mps_available()
+                                                         else "cpu")
     assert pick_device().type == expected
 
 
@@ -52,7 +60,8 @@ def test_unknown_device_name():
 
 
 def _draws():
-    return random.random(), np.random.rand(), torch.rand(3).tolist(), torch.randint(100, (2,)).tolist()
+    return random.random(), np.random.rand(), torch.rand(3).tolist(), torch.randint(100,
+                                                                                    (2,)).tolist()
 
 
 def test_seed_everything_repeats_every_generator():
@@ -111,13 +120,16 @@ def test_pick_device_turns_on_tf32_only_for_cuda(monkeypatch, tf32_off):
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert has_tf32("cuda") and not has_tf32("cpu")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4 has no TF32
+    # a T4 has no TF32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert not has_tf32("cuda")
 
 
-@pytest.mark.parametrize("kind, capability", [("cpu", None), ("mps", None), ("cuda", (7, 5)), ("cuda", (8, 0))])
+@pytest.mark.parametrize("kind, capability",
+                         [("cpu", None), ("mps", None), ("cuda", (7, 5)), ("cuda", (8, 0))])
 def test_supports_bf16_agrees_with_the_training_dtype(monkeypatch, kind, capability):
-    # Lesson 8 prints supports_bf16 as "bfloat16 chosen by dtype=auto": it must be what training does.
+    # Lesson 8 prints supports_bf16 as "bfloat16 chosen
+    # by dtype=auto": it must be what training does.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     device = torch.device(kind)
     assert supports_bf16(device) == (autocast_dtype("auto", device)[0] is torch.bfloat16)

@@ -1,8 +1,9 @@
 """What GPUs and Macs need, checked on the CPU.
 
 - Apple's MPS has no float64: every path a lesson runs on the model's device (training, evaluation,
-  every sampling strategy with and without the KV cache, beam search, attention maps, the widget, and
-  lesson 12's GGUF loader and chat) runs here under a dispatch mode that fails on any float64 tensor operation.
+  every sampling strategy with and without the KV cache, beam search, attention maps, the widget,
+  and lesson 12's GGUF loader and chat) runs here under a dispatch mode that fails on any float64
+  tensor operation.
 - Generation asks the model for the last position's logits only (``only_last``), and gets the same
   tokens as with the logits of every position.
 - A vocabulary rounded up to a multiple of 64 (tensor-core shapes) changes no logit, loss or sample:
@@ -36,7 +37,8 @@ ALLOWED_FLOAT64 = {("slm_helpers.bigram", "__init__")}
 
 
 class NoFloat64(TorchDispatchMode):
-    """Raise on any tensor operation that takes or makes a float64 tensor, except in ALLOWED_FLOAT64."""
+    """Raise on any tensor operation that takes or makes a float64 tensor, except in
+    ALLOWED_FLOAT64."""
 
     def __init__(self, allowed=ALLOWED_FLOAT64):
         super().__init__()
@@ -46,7 +48,8 @@ class NoFloat64(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         leaves = tree_leaves((args, kwargs, out))
-        if any((isinstance(t, torch.Tensor) and t.dtype == torch.float64) or t is torch.float64 for t in leaves):
+        if any((isinstance(t, torch.Tensor) and t.dtype == torch.float64) or t is torch.float64
+               for t in leaves):
             if not self._allowed_caller():
                 raise AssertionError(f"float64 in {func}: Apple's MPS has no float64")
         return out
@@ -84,8 +87,10 @@ def test_the_guard_catches_float64():
 def test_every_lesson_path_runs_without_float64(chars, tmp_path):
     ids = torch.tensor(chars.encode(TEXT))
     train, val = ids[:1400], ids[1400:]
-    config = GPTConfig(vocab_size=chars.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
-    cfg = TrainConfig(max_iters=6, batch_size=4, eval_interval=3, eval_iters=2, warmup_iters=2, grad_accum=2)
+    config = GPTConfig(vocab_size=chars.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                       dropout=0.1)
+    cfg = TrainConfig(max_iters=6, batch_size=4, eval_interval=3, eval_iters=2, warmup_iters=2,
+                      grad_accum=2)
     with NoFloat64():
         torch.manual_seed(0)
         model = GPT(config)
@@ -98,7 +103,8 @@ def test_every_lesson_path_runs_without_float64(chars, tmp_path):
         for use_cache in (True, False):
             for options in ({"temperature": 0}, {"temperature": 0.8}, {"top_k": 3}, {"top_p": 0.9},
                             {"repetition_penalty": 1.3}, {"keep": 8}):
-                generate(model, prompt, 20, use_cache=use_cache, generator=torch.Generator().manual_seed(0), **options)
+                generate(model, prompt, 20, use_cache=use_cache,
+                         generator=torch.Generator().manual_seed(0), **options)
             beam_search(model, prompt, 12, num_beams=3, use_cache=use_cache)
         "".join(stream(model, tokenizer, "How", 20, stop="\n", seed=1))
         complete(model, tokenizer, "How", 10, num_beams=2, stop="!")
@@ -110,7 +116,8 @@ def test_every_lesson_path_runs_without_float64(chars, tmp_path):
         sampler.button.click()
         sampler.prompt.value = "How I"
         # The small models of lessons 2-4 sample through the same code.
-        for small in (BigramLanguageModel(chars.vocab_size), AttentionLM(chars.vocab_size, 16, 16, n_head=2)):
+        for small in (BigramLanguageModel(chars.vocab_size),
+                      AttentionLM(chars.vocab_size, 16, 16, n_head=2)):
             complete(small, tokenizer, "How", 10, seed=0)
             evaluate_text(small, tokenizer, TEXT[:100])
     assert sampler.text.startswith("How I") or sampler.text.startswith("Twin")
@@ -120,11 +127,13 @@ def test_the_gguf_loader_and_a_chat_run_without_float64(tmp_path):
     context = {"llama.context_length": ("add_uint32", 256)}
     path = write_tiny_llama(tmp_path / "tiny.gguf", tied=False, metadata=context).path
     with NoFloat64():
-        model, tokenizer = load_pretrained(path)  # dequantizing every tensor type, the rotary tables
+        # dequantizing every tensor type, the rotary tables
+        model, tokenizer = load_pretrained(path)
         chat = Chat(model, tokenizer, temperature=0, max_new_tokens=6)
         "".join(chat.send("Hello"))
         for options in ({"temperature": 0.8, "top_k": 20}, {"temperature": 1.0, "top_p": 0.9},
-                        {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.3}):
+                        {"temperature": 0.7, "top_k": 40, "top_p": 0.95,
+                         "repetition_penalty": 1.3}):
             sampled = Chat(model, tokenizer, max_new_tokens=6, **options)
             "".join(sampled.send("Hello", seed=0))
             "".join(sampled.send("And then?", seed=1))
@@ -134,7 +143,8 @@ def test_the_gguf_loader_and_a_chat_run_without_float64(tmp_path):
 # ---------------------------------------------------------------- the last position's logits only
 
 @pytest.mark.parametrize("make", [
-    lambda v: GPT(GPTConfig(vocab_size=v, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)),
+    lambda v: GPT(GPTConfig(vocab_size=v, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                            dropout=0.0)),
     lambda v: AttentionLM(v, 16, 16, n_head=2, feed_forward=True),
     lambda v: BigramLanguageModel(v),
 ], ids=["GPT", "AttentionLM", "bigram"])
@@ -160,22 +170,25 @@ def reference_greedy(model, idx, n):
 
 def test_generation_with_last_logits_only_gives_the_same_tokens():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=30, block_size=12, n_layer=2, n_head=2, n_embd=24, dropout=0.0)).eval()
+    model = GPT(GPTConfig(vocab_size=30, block_size=12, n_layer=2, n_head=2, n_embd=24,
+                          dropout=0.0)).eval()
     prompt = torch.randint(0, 30, (2, 5))
     expected = reference_greedy(model, prompt, 25)  # past the context: the plain crop
     for use_cache in (True, False):
-        assert torch.equal(generate(model, prompt, 25, temperature=0, use_cache=use_cache), expected)
+        assert torch.equal(generate(model, prompt, 25, temperature=0, use_cache=use_cache),
+                           expected)
     calls = []
     model.register_forward_hook(lambda module, args, out: calls.append(out[0].shape[1]))
     generate(model, torch.randint(0, 30, (1, 10)), 3, temperature=0)
     assert calls == [1, 1, 1]  # the prefill of 10 tokens too returns one position of logits
 
 
-# ---------------------------------------------------------------- a vocabulary padded to a multiple of 64
+# ----------------------------------------------------------------
+# a vocabulary padded to a multiple of 64
 
 def padded_and_plain(vocab_size=65):
-    """Two GPTs computing the same function: one with the vocabulary rounded up to 128 rows, whose extra
-    rows are made large enough to win every argmax if they were ever predicted."""
+    """Two GPTs computing the same function: one with the vocabulary rounded up to 128 rows, whose
+    extra rows are made large enough to win every argmax if they were ever predicted."""
     shape = dict(vocab_size=vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
     torch.manual_seed(0)
     padded = GPT(GPTConfig(**shape, vocab_multiple=64)).eval()
@@ -203,14 +216,18 @@ def test_padded_vocabulary_changes_no_logit_loss_or_sample():
     prompt = idx[:1, :4]
     for options in ({"temperature": 0}, {"temperature": 1.0}, {"top_p": 0.9}):
         out = generate(padded, prompt, 30, generator=torch.Generator().manual_seed(1), **options)
-        assert torch.equal(out, generate(plain, prompt, 30, generator=torch.Generator().manual_seed(1), **options))
+        assert torch.equal(out,
+                           generate(plain, prompt, 30, generator=torch.Generator().manual_seed(1),
+                                    **options))
         assert out.max() < 65
-    assert torch.equal(beam_search(padded, prompt, 10, num_beams=3)[0], beam_search(plain, prompt, 10, num_beams=3)[0])
+    assert torch.equal(beam_search(padded, prompt, 10, num_beams=3)[0],
+                       beam_search(plain, prompt, 10, num_beams=3)[0])
 
 
 def test_checkpoints_from_before_vocab_multiple_still_resume(chars, tmp_path):
     ids = torch.tensor(chars.encode(TEXT))
-    config = GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
+    config = GPTConfig(vocab_size=chars.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8,
+                       dropout=0.0)
     cfg = TrainConfig(max_iters=4, batch_size=2, eval_interval=2, eval_iters=1, warmup_iters=1)
     trainer = Trainer(GPT(config), ids[:1400], ids[1400:], cfg, tokenizer=chars, out_dir=tmp_path)
     trainer.fit(max_iters=2, progress=False)

@@ -16,7 +16,8 @@ CONDA_NAMES = {"torch": "pytorch"}  # conda-forge calls a few packages different
 
 
 def _split(requirement: str) -> tuple[str, str]:
-    requirement = requirement.split(";")[0]  # an environment marker: conda has no Python-version choice
+    # an environment marker: conda has no Python-version choice
+    requirement = requirement.split(";")[0]
     name, spec = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", requirement).groups()
     return name.lower(), spec.replace(" ", "")
 
@@ -27,7 +28,8 @@ def test_environment_yml_mirrors_pyproject():
 
         pytest.skip("tomllib needs Python 3.11")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = dict(_split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    pip_side = dict(_split(r)
+                    for r in project["dependencies"] + project["optional-dependencies"]["dev"])
     pip_side = {CONDA_NAMES.get(k, k): v for k, v in pip_side.items()}
     pip_side["python"] = project["requires-python"].replace(" ", "")
 

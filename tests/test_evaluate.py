@@ -46,17 +46,20 @@ def test_bits_per_byte_counts_bytes_not_tokens():
     n_bytes = len(text) - len(tokenizer.decode(ids[:1]))
     assert len(ids) < len(text) and (result.tokens, result.bytes) == (len(ids) - 1, n_bytes)
     # the bits of every scored token, spread over the bytes they stand for
-    assert result.bits_per_byte == pytest.approx((len(ids) - 1) * math.log2(tokenizer.vocab_size) / n_bytes)
+    assert result.bits_per_byte == pytest.approx((len(ids) - 1) * math.log2(tokenizer.vocab_size)
+                                                 / n_bytes)
 
 
 def test_evaluation_numbers():
     e = Evaluation(loss=math.log(4), tokens=10, bytes=20)
     assert e.perplexity == pytest.approx(4) and e.bits_per_token == pytest.approx(2)
     assert e.tokens_per_byte == 0.5 and e.bits_per_byte == pytest.approx(1)
-    assert set(e.as_dict()) == {"loss", "perplexity", "bits per token", "tokens per byte", "bits per byte"}
+    assert set(e.as_dict()) == {"loss", "perplexity", "bits per token", "tokens per byte",
+                                "bits per byte"}
 
 
-@pytest.mark.parametrize("n, block, stride", [(2, 4, 4), (10, 4, 4), (11, 4, 2), (30, 8, 3), (9, 8, 1)])
+@pytest.mark.parametrize("n, block, stride",
+                         [(2, 4, 4), (10, 4, 4), (11, 4, 2), (30, 8, 3), (9, 8, 1)])
 def test_windows_score_every_target_once(n, block, stride):
     scored = []
     for begin, end, new in _windows(n, block, stride):
@@ -101,9 +104,9 @@ def test_gpt_loss_matches_side_by_side_windows(tiny_config):
 
 @pytest.mark.parametrize("stride", [1, 3, 8])
 def test_strided_loss_gives_each_target_the_promised_context(tiny_config, stride):
-    """Against a brute-force loop, one forward pass per target: windows start every ``stride`` tokens
-    and a target is scored by the first window that holds it, so target t (at position t of the text)
-    sees the tokens from that window's start, k * stride with k the smallest such that
+    """Against a brute-force loop, one forward pass per target: windows start every ``stride``
+    tokens and a target is scored by the first window that holds it, so target t (at position t of
+    the text) sees the tokens from that window's start, k * stride with k the smallest such that
     k * stride + block_size >= t. With stride 1 that is the last block_size tokens before it."""
     torch.manual_seed(0)
     model = GPT(tiny_config).eval()
@@ -113,7 +116,8 @@ def test_strided_loss_gives_each_target_the_promised_context(tiny_config, stride
     with torch.no_grad():
         for t in range(1, len(ids)):
             begin = max(0, math.ceil((t - block) / stride)) * stride
-            assert t - begin >= (block - stride + 1 if t > block else t)  # the context the docstring promises
+            # the context the docstring promises
+            assert t - begin >= (block - stride + 1 if t > block else t)
             logits = model(ids[None, begin:t])[0][0, -1]
             nll.append(F.cross_entropy(logits, ids[t]).item())
     loss, tokens = split_loss(model, ids, stride=stride, batch_size=4)
@@ -138,30 +142,37 @@ def test_bytes_of_a_first_token_that_splits_a_character():
     text = "\u2603\u2603 and more"  # two snowmen
     ids = tokenizer.encode(text)
     first = tokenizer.decode_bytes(ids[:1])
-    assert len(first) == 2 and "\ufffd" in tokenizer.decode(ids[:1])  # two of the snowman's three bytes
+    # two of the snowman's three bytes
+    assert len(first) == 2 and "\ufffd" in tokenizer.decode(ids[:1])
     result = evaluate_text(Uniform(tokenizer.vocab_size), tokenizer, text)
     assert result.bytes == len(text.encode("utf-8")) - len(first)
 
 
-# ---------------------------------------------------------------- estimate_loss: the trainer's quick measure
+# ----------------------------------------------------------------
+# estimate_loss: the trainer's quick measure
 
 def test_estimate_loss_is_repeatable_and_leaves_no_trace(poem_text):
     tok = CharTokenizer.from_text(poem_text)
     data = torch.tensor(tok.encode(poem_text))
     train, val = data[:400], data[400:]
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16,
+                          dropout=0.1))
     rng_before = torch.get_rng_state()
-    a = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
-    b = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3, seed=5)
+    a = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3,
+                      seed=5)
+    b = estimate_loss(model, {"train": train, "val": val}, batch_size=4, block_size=8, eval_iters=3,
+                      seed=5)
     assert a == b and set(a) == {"train", "val"}
-    assert torch.equal(torch.get_rng_state(), rng_before)  # measuring does not change what training draws
+    # measuring does not change what training draws
+    assert torch.equal(torch.get_rng_state(), rng_before)
     assert model.training  # mode restored
 
 
 def test_estimate_loss_of_chat_examples_counts_only_the_replies():
-    """Targets at prompt positions are IGNORE_INDEX: changing a prompt's last token changes what the model
-    reads but not which tokens are scored, and a reply made of the prompt token scores like it."""
+    """Targets at prompt positions are IGNORE_INDEX: changing a prompt's last token changes what the
+    model reads but not which tokens are scored, and a reply made of the prompt token scores like
+    it."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
     source = ChatExamples([([1, 2, 3], [4, 5])], seq_len=8)

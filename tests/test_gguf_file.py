@@ -1,5 +1,5 @@
-"""gguf_file.py: the course's GGUF reader agrees with ggml-org's gguf package (metadata, tensor table,
-dequantized weights, bit for bit), and refuses damaged files with a one-line reason."""
+"""gguf_file.py: the course's GGUF reader agrees with ggml-org's gguf package (metadata, tensor
+table, dequantized weights, bit for bit), and refuses damaged files with a one-line reason."""
 
 import struct
 
@@ -19,7 +19,8 @@ KINDS = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1]
 
 
 def reader_value(field):
-    """A GGUFReader field's value as Python: str, number, bool or list (what GGUFFile.metadata holds)."""
+    """A GGUFReader field's value as Python: str, number, bool or list (what GGUFFile.metadata
+    holds)."""
     parts, types = field.parts, field.types
     if types[0] == GGUFValueType.ARRAY:
         if types[-1] == GGUFValueType.STRING:
@@ -31,8 +32,9 @@ def reader_value(field):
 
 
 def hard_weights(rows=6, cols=64, seed=0):
-    """Weights that test every corner of a block: normal values, an all-zero block, one value in a block
-    of zeros, tiny values (float16 scales go subnormal), large ones, all-equal and all-negative blocks."""
+    """Weights that test every corner of a block: normal values, an all-zero block, one value in a
+    block of zeros, tiny values (float16 scales go subnormal), large ones, all-equal and
+    all-negative blocks."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w[1] = 0.0
@@ -44,7 +46,8 @@ def hard_weights(rows=6, cols=64, seed=0):
 
 
 def write_all_types(path, alignment=None, padding=13):
-    """A GGUF file with one tensor of each type the course reads, after ``padding`` bytes of metadata."""
+    """A GGUF file with one tensor of each type the course reads, after ``padding`` bytes of
+    metadata."""
     writer = GGUFWriter(str(path), "llama")
     if alignment:
         writer.add_custom_alignment(alignment)
@@ -66,15 +69,19 @@ def tiny(tmp_path_factory):
 
 def test_metadata_matches_gguf_reader(tiny):
     ours, reader = GGUFFile(tiny.path), GGUFReader(tiny.path)
-    expected = {key: reader_value(field) for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    expected = {key: reader_value(field) for key,
+                field in reader.fields.items() if not key.startswith("GGUF.")}
     assert ours.metadata == expected
     assert ours.version == reader_value(reader.fields["GGUF.version"]) == 3
     # every value type, as Python values of the right kind
     meta = ours.metadata
-    assert [meta[f"test.{t}"] for t in ("uint8", "int8", "uint16", "int16")] == [200, -100, 60000, -30000]
-    assert (meta["test.int32"], meta["test.uint64"], meta["test.int64"]) == (-2_000_000_000, 2**63 + 5, -(2**62))
+    assert [meta[f"test.{t}"] for t in ("uint8", "int8", "uint16", "int16")] == [200, -100, 60000,
+                                                                                 -30000]
+    assert (meta["test.int32"], meta["test.uint64"], meta["test.int64"]) == (-2_000_000_000,
+                                                                             2**63 + 5, -(2**62))
     assert meta["test.float64"] == 0.1 and meta["test.float32s"] == [0.5, -1.25, 3.0]
-    assert meta["test.unicode"] == "naïve 日本語 😀" and meta["tokenizer.ggml.add_bos_token"] is False
+    assert meta["test.unicode"] == "naïve 日本語 😀"
+    assert meta["tokenizer.ggml.add_bos_token"] is False
     assert meta["llama.attention.layer_norm_rms_epsilon"] == np.float32(1e-5)
     assert meta["tokenizer.ggml.tokens"] == tiny.tokens
 
@@ -93,7 +100,8 @@ def test_tensor_table_matches_gguf_reader(tiny):
 def test_every_tensor_dequantizes_as_gguf_does(tiny):
     ours, reader = GGUFFile(tiny.path), GGUFReader(tiny.path)
     for t in reader.tensors:
-        expected = np.array(gguf_dequantize(t.data, t.tensor_type)).reshape(ours.tensors[t.name].shape)
+        expected = np.array(gguf_dequantize(t.data,
+                                            t.tensor_type)).reshape(ours.tensors[t.name].shape)
         expected = torch.from_numpy(expected)
         got = ours.tensor(t.name)
         assert got.dtype == torch.float32 and torch.equal(got, expected), t.name
@@ -113,7 +121,8 @@ def test_dequantize_is_bit_exact(kind):
 
 
 @pytest.mark.parametrize("alignment", [None, 64, 256])
-@pytest.mark.parametrize("padding", range(1, 256, 37))  # where the header ends, against the alignment
+# where the header ends, against the alignment
+@pytest.mark.parametrize("padding", range(1, 256, 37))
 def test_all_types_and_a_custom_alignment(tmp_path, alignment, padding):
     path = write_all_types(tmp_path / "types.gguf", alignment, padding)
     ours, reader = GGUFFile(path), GGUFReader(path)
@@ -124,7 +133,8 @@ def test_all_types_and_a_custom_alignment(tmp_path, alignment, padding):
         assert info.offset == t.data_offset and info.offset % (alignment or 32) == 0
         expected = np.array(gguf_dequantize(t.data, t.tensor_type)).reshape(info.shape)
         assert torch.equal(ours.tensor(t.name), torch.from_numpy(expected)), t.name
-        assert torch.equal(ours.raw(t.name), torch.from_numpy(np.array(t.data).view(np.uint8).reshape(-1)))
+        assert torch.equal(ours.raw(t.name),
+                           torch.from_numpy(np.array(t.data).view(np.uint8).reshape(-1)))
 
 
 # ----- damaged files ------------------------------------------------------------------------
@@ -188,14 +198,18 @@ def test_a_string_of_bad_utf8_is_damage(tiny, tmp_path):
         GGUFFile(tmp_path / "bad.gguf")
 
 
-@pytest.mark.parametrize("type_id, named", [(int(Q.Q4_K), "Q4_K"), (int(Q.Q6_K), "Q6_K"), (99, "type 99")])
+@pytest.mark.parametrize("type_id, named",
+                         [(int(Q.Q4_K), "Q4_K"), (int(Q.Q6_K), "Q6_K"), (99, "type 99")])
 def test_an_unsupported_tensor_type_is_named(tiny, tmp_path, type_id, named):
     path = tmp_path / "k.gguf"
     path.write_bytes(tiny.path.read_bytes())
     set_tensor_type(path, "blk.1.ffn_down.weight", type_id)
     f = GGUFFile(path)  # the table is readable: only that tensor is refused
     assert f.tensors["blk.1.ffn_down.weight"].kind == named
-    assert torch.equal(f.tensor("blk.0.ffn_down.weight"), GGUFFile(tiny.path).tensor("blk.0.ffn_down.weight"))
-    with pytest.raises(SLMError, match=f"blk.1.ffn_down.weight is stored as {named}, which this reader cannot") as e:
+    assert torch.equal(f.tensor("blk.0.ffn_down.weight"),
+                       GGUFFile(tiny.path).tensor("blk.0.ffn_down.weight"))
+    with pytest.raises(SLMError,
+                       match=f"blk.1.ffn_down.weight is stored as {named}, which this reader "
+                             "cannot") as e:
         f.tensor("blk.1.ffn_down.weight")
     assert "Q4_1" in one_line(e)

@@ -1,4 +1,5 @@
-"""`make gpu-check` without a GPU: its dry run (`--device cpu --quick`) does every step at tiny sizes."""
+"""`make gpu-check` without a GPU: its dry run (`--device cpu --quick`) does every step at tiny
+sizes."""
 
 import importlib.util
 from pathlib import Path
@@ -20,7 +21,8 @@ def test_dry_run_writes_every_section_of_the_report(tmp_path):
     assert "shakespeare-char-cpu" in report and "tokens/s" in report and "peak MB" in report
     assert report.count("tokens identical to no cache") == 2
     assert "One process under torchrun (gloo)" in report and "done: step 4" in report
-    assert "## Speedrun: the CPU race" in report and "shakespeare-char-cpu-fast" in report and "W = " in report
+    assert ("## Speedrun: the CPU race" in report and "shakespeare-char-cpu-fast" in report
+            and "W = " in report)
 
 
 def test_without_a_gpu_it_says_so(monkeypatch, capsys):

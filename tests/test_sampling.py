@@ -1,4 +1,5 @@
-"""sampling.py: next-token distributions against hand computations, repeatable generation, option errors."""
+"""sampling.py: next-token distributions against hand computations, repeatable generation, option
+errors."""
 
 import math
 
@@ -42,10 +43,12 @@ def test_temperature_zero_is_greedy():
 def test_top_k_keeps_exactly_k():
     probs = next_token_probs(torch.tensor([LOGITS]), top_k=2)
     e4, e3 = math.exp(4), math.exp(3)  # the two largest logits, renormalised between themselves
-    assert torch.allclose(probs, torch.tensor([[0.0, e4 / (e4 + e3), e3 / (e4 + e3), 0.0]]), atol=1e-6)
+    assert torch.allclose(probs, torch.tensor([[0.0, e4 / (e4 + e3), e3 / (e4 + e3), 0.0]]),
+                          atol=1e-6)
     for k in (1, 2, 3, 4):
         assert (next_token_probs(torch.tensor([LOGITS]), top_k=k) > 0).sum() == k
-    assert torch.equal(next_token_probs(torch.tensor([LOGITS]), top_k=1), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    assert torch.equal(next_token_probs(torch.tensor([LOGITS]), top_k=1),
+                       torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
 
 
 def test_top_k_beyond_the_vocabulary_keeps_everything():
@@ -89,14 +92,18 @@ def test_top_p_in_any_order_and_per_row():
 ])
 def test_option_errors(options, match):
     with pytest.raises(SLMError, match=match):
-        check_length(options["max_new_tokens"]) if "max_new_tokens" in options else SamplingOptions(**options)
+        if "max_new_tokens" in options:
+            check_length(options["max_new_tokens"])
+        else:
+            SamplingOptions(**options)
     if "max_new_tokens" not in options:
         with pytest.raises(SLMError, match=match):
             next_token_probs(torch.tensor([LOGITS]), **options)
 
 
 class NextLetter(nn.Module):
-    """A stub model: after token i the logits strongly favour i + 1 (mod V). Records what it was fed."""
+    """A stub model: after token i the logits strongly favour i + 1 (mod V). Records what it was
+    fed."""
 
     block_size = 4
 
@@ -137,14 +144,16 @@ def test_top_k_one_sampling_equals_greedy(tiny_config):
     model = GPT(tiny_config)
     prompt = torch.tensor([[1, 2, 3]])
     greedy = generate(model, prompt, 10, temperature=0)
-    assert torch.equal(generate(model, prompt, 10, top_k=1, generator=torch.Generator().manual_seed(9)), greedy)
+    assert torch.equal(generate(model, prompt, 10, top_k=1,
+                                generator=torch.Generator().manual_seed(9)), greedy)
 
 
 def test_complete_returns_text():
     tok = CharTokenizer.from_text("\nabcd")  # ids: "\n" 0, a 1, b 2, c 3, d 4
     model = NextLetter(vocab_size=5)
     assert complete(model, tok, "ab", 4, temperature=0) == "abcd\na"
-    assert complete(model, tok, "", 3, temperature=0) == "abc"  # starts after a line break, not shown
+    # starts after a line break, not shown
+    assert complete(model, tok, "", 3, temperature=0) == "abc"
     assert complete(model, tok, "ab", 6, seed=1) == complete(model, tok, "ab", 6, seed=1)
     with pytest.raises(SLMError, match="'z'"):
         complete(model, tok, "az", 3)

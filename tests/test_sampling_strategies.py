@@ -39,7 +39,8 @@ class TableModel(torch.nn.Module):
 
 
 class ScriptModel(torch.nn.Module):
-    """Writes ``script`` token after token: at position t it is sure the next token is script[t + 1]."""
+    """Writes ``script`` token after token: at position t it is sure the next token is script[t +
+    1]."""
 
     block_size = 64
 
@@ -71,10 +72,12 @@ def test_temperature_scales_logits():
     logits = probs_of(1 / 7, 2 / 7, 4 / 7)
     assert torch.allclose(next_token_probs(logits), torch.tensor([[1 / 7, 2 / 7, 4 / 7]]))
     # T = 0.5 squares the probabilities before renormalising: 1, 4, 16 out of 21
-    assert torch.allclose(next_token_probs(logits, temperature=0.5), torch.tensor([[1, 4, 16]]) / 21)
+    assert torch.allclose(next_token_probs(logits, temperature=0.5),
+                          torch.tensor([[1, 4, 16]]) / 21)
     # T = 2 takes square roots: 1, sqrt(2), 2 out of 3 + sqrt(2)
     r2 = math.sqrt(2)
-    assert torch.allclose(next_token_probs(logits, temperature=2), torch.tensor([[1, r2, 2]]) / (3 + r2))
+    assert torch.allclose(next_token_probs(logits, temperature=2),
+                          torch.tensor([[1, r2, 2]]) / (3 + r2))
 
 
 def test_greedy_generation_follows_the_most_likely_path():
@@ -106,15 +109,19 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     # mass of the tokens above each: 0, 0.5, 0.8, 0.95 -> a token stays while that is below p
     assert torch.allclose(next_token_probs(logits, top_p=0.7), torch.tensor([[0.625, 0.375, 0, 0]]))
     assert torch.allclose(next_token_probs(logits, top_p=0.5), torch.tensor([[1.0, 0, 0, 0]]))
-    assert torch.allclose(next_token_probs(logits, top_p=0.81), torch.tensor([[0.5, 0.3, 0.15, 0]]) / 0.95)
-    assert torch.allclose(next_token_probs(logits, top_p=1.0), torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.allclose(next_token_probs(logits, top_p=0.81),
+                          torch.tensor([[0.5, 0.3, 0.15, 0]]) / 0.95)
+    assert torch.allclose(next_token_probs(logits, top_p=1.0),
+                          torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
 
 
 def test_top_p_works_on_unsorted_vocabularies_and_after_top_k():
     logits = probs_of(0.15, 0.5, 0.05, 0.3)
     assert torch.allclose(next_token_probs(logits, top_p=0.7), torch.tensor([[0, 0.625, 0, 0.375]]))
-    # top-k = 3 first (0.15, 0.5, 0.3 renormalised by 0.95), then top-p = 0.6 keeps 0.5/0.95 and 0.3/0.95
-    assert torch.allclose(next_token_probs(logits, top_k=3, top_p=0.6), torch.tensor([[0, 0.625, 0, 0.375]]))
+    # top-k = 3 first (0.15, 0.5, 0.3 renormalised by
+    # 0.95), then top-p = 0.6 keeps 0.5/0.95 and 0.3/0.95
+    assert torch.allclose(next_token_probs(logits, top_k=3, top_p=0.6),
+                          torch.tensor([[0, 0.625, 0, 0.375]]))
 
 
 @pytest.mark.parametrize("top_p", [0, -0.1, 1.5])
@@ -138,7 +145,8 @@ def test_repetition_penalty_of_one_is_off_and_comes_before_greedy():
     logits, previous = torch.tensor([[3.0, 2.0]]), torch.tensor([[0]])
     assert torch.equal(apply_repetition_penalty(logits, previous, 1.0), logits)
     # 3 / 2 = 1.5 < 2: the penalty is applied first, so greedy now picks token 1
-    assert next_token_probs(logits, temperature=0, repetition_penalty=2.0, previous=previous).tolist() == [[0, 1]]
+    assert next_token_probs(logits, temperature=0, repetition_penalty=2.0,
+                            previous=previous).tolist() == [[0, 1]]
 
 
 def test_repetition_penalty_steers_greedy_decoding_to_unseen_tokens():
@@ -146,7 +154,8 @@ def test_repetition_penalty_steers_greedy_decoding_to_unseen_tokens():
                         [0.2, 0.1, 0.6, 0.1],
                         [0.45, 0.35, 0.05, 0.15],
                         [0.25, 0.25, 0.25, 0.25]])
-    assert generate(model, torch.tensor([[0]]), 3, temperature=0).tolist() == [[0, 1, 2, 0]]  # a loop
+    # a loop
+    assert generate(model, torch.tensor([[0]]), 3, temperature=0).tolist() == [[0, 1, 2, 0]]
     # With penalty 3, from token 2 having seen {0, 1, 2}: logs (-0.80, -1.05, -3.00, -1.90) become
     # (-2.40, -3.15, -8.99, -1.90) and the unseen token 3 wins. Steps 1 and 2 are unchanged:
     # from 0: (-6.91, -0.51, -1.61, -2.30) -> 1; from 1: (-4.83, -6.91, -0.51, -2.30) -> 2.
@@ -209,10 +218,13 @@ def test_length_penalty_decides_between_short_and_long_beams():
     # length_penalty 1: "aaa" wins, -1.26 / 3 = -0.42 beats -0.92 / 1
     model, tokenizer = TableModel(STOP_TABLE), CharTokenizer(CHARS)
     is_finished = lambda new: tokenizer.decode(new.tolist()).endswith(".")  # noqa: E731
-    ids, score = beam_search(model, torch.tensor([[0]]), 3, num_beams=2, length_penalty=0.0, is_finished=is_finished)
+    ids, score = beam_search(model, torch.tensor([[0]]), 3, num_beams=2, length_penalty=0.0,
+                             is_finished=is_finished)
     assert tokenizer.decode(ids[0].tolist()) == "x." and score == pytest.approx(math.log(0.4))
-    ids, score = beam_search(model, torch.tensor([[0]]), 3, num_beams=2, length_penalty=1.0, is_finished=is_finished)
-    assert tokenizer.decode(ids[0].tolist()) == "xaaa" and score == pytest.approx(math.log(0.35 * 0.81) / 3)
+    ids, score = beam_search(model, torch.tensor([[0]]), 3, num_beams=2, length_penalty=1.0,
+                             is_finished=is_finished)
+    assert (tokenizer.decode(ids[0].tolist()) == "xaaa"
+            and score == pytest.approx(math.log(0.35 * 0.81) / 3))
     # the same through complete: the stop sequence is cut from the text
     assert complete(model, tokenizer, "x", 3, num_beams=2, length_penalty=0.0, stop=".") == "x"
     assert complete(model, tokenizer, "x", 3, num_beams=2, length_penalty=1.0, stop=".") == "xaaa"
@@ -243,7 +255,8 @@ def test_max_new_tokens(alphabet):
 def test_stop_sequences_cut_the_text_before_them(alphabet):
     model, tokenizer = alphabet
     assert complete(model, tokenizer, "a", 20, temperature=0, stop="de") == "abc"
-    assert complete(model, tokenizer, "a", 20, temperature=0, stop=["fg", "cd"]) == "ab"  # the earliest one
+    # the earliest one
+    assert complete(model, tokenizer, "a", 20, temperature=0, stop=["fg", "cd"]) == "ab"
     # the prompt does not count: only the continuation is searched
     assert complete(model, tokenizer, "ab", 20, temperature=0, stop=["ab"]) == "abcdefgh"
     assert complete(model, tokenizer, "a", 5, temperature=0, stop="xyz") == "abcdef"  # never met
@@ -275,7 +288,8 @@ def test_bad_options_fail_before_generating(alphabet):
 # ---------------------------------------------------------------- seeds and every strategy at once
 
 def test_seed_makes_samples_repeatable():
-    model = TableModel([[0.25] * 4] * 4)  # every token equally likely: samples differ by chance only
+    # every token equally likely: samples differ by chance only
+    model = TableModel([[0.25] * 4] * 4)
     tokenizer = CharTokenizer(list("abcd"))
     first = complete(model, tokenizer, "a", 40, seed=1)
     assert complete(model, tokenizer, "a", 40, seed=1) == first
@@ -310,7 +324,10 @@ def test_complete_supports_every_strategy(options):
 ])
 def test_bad_options_give_one_line_errors_when_made(options, message):
     with pytest.raises(SLMError, match=message) as err:
-        check_length(options["max_new_tokens"]) if "max_new_tokens" in options else SamplingOptions(**options)
+        if "max_new_tokens" in options:
+            check_length(options["max_new_tokens"])
+        else:
+            SamplingOptions(**options)
     assert "\n" not in str(err.value)
 
 
@@ -320,7 +337,8 @@ def test_options_are_one_frozen_value_and_keywords_still_work():
     with pytest.raises(Exception):
         options.temperature = 2.0  # frozen: checked once, never changed after
     logits = torch.tensor([[0.1, 2.0, 1.0, -1.0]])
-    assert torch.equal(next_token_probs(logits, options), next_token_probs(logits, temperature=0.5, top_k=3))
+    assert torch.equal(next_token_probs(logits, options),
+                       next_token_probs(logits, temperature=0.5, top_k=3))
     with pytest.raises(SLMError, match="not both"):
         next_token_probs(logits, options, top_k=2)
     with pytest.raises(SLMError, match="unknown sampling option.*temprature"):
@@ -331,13 +349,15 @@ def test_options_are_one_frozen_value_and_keywords_still_work():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny random GPT saved as a checkpoint, with a character vocabulary that has a line break."""
+    """A tiny random GPT saved as a checkpoint, with a character vocabulary that has a line
+    break."""
     from slm_helpers.checkpoint import save_checkpoint
     from slm_helpers.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     tokenizer = CharTokenizer(list("\n abcdefghijklmnopq"))
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2,
+                          n_embd=16))
     path = tmp_path_factory.mktemp("cli") / "tiny.pt"
     save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(),
                      "tokenizer": tokenizer.to_dict(), "step": 0}, path)
@@ -356,8 +376,8 @@ def test_cli_sample_strategies_match_complete(checkpoint, capsys):
     _, model, tokenizer = checkpoint
     cases = [
         (["--temperature", "0"], dict(temperature=0)),
-        (["--seed", "3", "--repetition-penalty", "1.3", "--top-k", "5"], dict(seed=3, temperature=0.8,
-                                                                               repetition_penalty=1.3, top_k=5)),
+        (["--seed", "3", "--repetition-penalty", "1.3", "--top-k", "5"],
+         dict(seed=3, temperature=0.8, repetition_penalty=1.3, top_k=5)),
         (["--num-beams", "3", "--length-penalty", "0.5"], dict(num_beams=3, length_penalty=0.5)),
         (["--num-beams", "2", "--temperature", "0.7"], dict(num_beams=2, temperature=0.7)),
     ]
@@ -377,11 +397,13 @@ def test_cli_stop_sequences(checkpoint, capsys):
     _, model, tokenizer = checkpoint
     greedy = complete(model, tokenizer, "ab", 30, temperature=0)[2:]
     stop = greedy[4:6]
-    rc, out, _ = cli(capsys, checkpoint, "--prompt", "ab", "--max-new-tokens", "30", "--temperature", "0",
+    rc, out, _ = cli(capsys, checkpoint, "--prompt", "ab", "--max-new-tokens", "30",
+                     "--temperature", "0",
                      "--stop", "zz", "--stop", stop)
     assert rc == 0 and out == "ab" + greedy[:greedy.find(stop)] + "\n"
     # "\n" typed in a shell arrives as backslash + n: the CLI reads it as a line break
-    rc, out, _ = cli(capsys, checkpoint, "--max-new-tokens", "200", "--seed", "0", "--stop", "\\n", "--stream")
+    rc, out, _ = cli(capsys, checkpoint, "--max-new-tokens", "200", "--seed", "0", "--stop", "\\n",
+                     "--stream")
     assert rc == 0 and "\n" not in out[:-1]
 
 
@@ -400,14 +422,16 @@ def test_cli_bad_sampling_options_are_one_line_errors(checkpoint, capsys, option
 
 
 def test_beam_search_scores_with_the_models_own_log_probabilities():
-    """As Hugging Face does when not sampling: temperature, top-k and top-p play no part in beam search;
-    the score of the best beam is the sum of the model's log-probabilities of its tokens."""
+    """As Hugging Face does when not sampling: temperature, top-k and top-p play no part in beam
+    search; the score of the best beam is the sum of the model's log-probabilities of its tokens."""
     model = TableModel(BEAM_TABLE)
     prompt = torch.tensor([[0]])
     plain, plain_score = beam_search(model, prompt, 3, num_beams=2, length_penalty=0)
-    shaped, shaped_score = beam_search(model, prompt, 3, num_beams=2, length_penalty=0, temperature=0.3, top_k=1,
+    shaped, shaped_score = beam_search(model, prompt, 3, num_beams=2, length_penalty=0,
+                                       temperature=0.3, top_k=1,
                                        top_p=0.2)
     assert torch.equal(plain, shaped) and shaped_score == pytest.approx(plain_score)
     table = torch.tensor(BEAM_TABLE)
     ids = plain[0].tolist()
-    assert plain_score == pytest.approx(sum(math.log(table[a, b]) for a, b in zip(ids, ids[1:])), rel=1e-5)
+    assert plain_score == pytest.approx(sum(math.log(table[a, b]) for a, b in zip(ids, ids[1:])),
+                                        rel=1e-5)

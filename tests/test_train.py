@@ -1,4 +1,5 @@
-"""train.py: schedule, optimizer groups, a loop that learns, and resuming that is exact bit for bit."""
+"""train.py: schedule, optimizer groups, a loop that learns, and resuming that is exact bit for
+bit."""
 
 import importlib.util
 import json
@@ -18,7 +19,8 @@ from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.tokenizers import CharTokenizer
 from slm_helpers.train import TrainConfig, Trainer, lr_at
 
-POEM = "Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\nLike a diamond.\n\n"
+POEM = ("Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\n"
+        "Like a diamond.\n\n")
 
 
 def test_lr_schedule_endpoints():
@@ -32,7 +34,9 @@ def test_lr_schedule_endpoints():
     warm = [lr_at(s, cfg) for s in range(11)]
     decay = [lr_at(s, cfg) for s in range(10, 111)]
     assert warm == sorted(warm) and decay == sorted(decay, reverse=True)
-    assert lr_at(0, TrainConfig(max_iters=10, warmup_iters=0, learning_rate=1e-3)) == pytest.approx(1e-3)
+    assert lr_at(0,
+                 TrainConfig(max_iters=10, warmup_iters=0,
+                             learning_rate=1e-3)) == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("kwargs, key", [
@@ -56,7 +60,8 @@ def test_train_config_validation(kwargs, key):
 def test_yaml_sections_are_checked_in_one_place(mapping, message):
     with pytest.raises(SLMError, match=message):
         from_mapping(TrainConfig, mapping, "f.yaml", "train.")
-    cfg = from_mapping(TrainConfig, {"min_lr": 0, "learning_rate": "1e-3"}, "f.yaml")  # numbers coerced
+    # numbers coerced
+    cfg = from_mapping(TrainConfig, {"min_lr": 0, "learning_rate": "1e-3"}, "f.yaml")
     assert (cfg.min_lr, cfg.learning_rate) == (0.0, 1e-3) and type(cfg.min_lr) is float
 
 
@@ -70,13 +75,15 @@ def _corpus(text):
 def test_trainer_learns_a_repetitive_text(poem_text):
     tok, train, val = _corpus(poem_text)
     seed_everything(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32,
+                          dropout=0.0))
     cfg = TrainConfig(max_iters=60, batch_size=16, learning_rate=1e-2, min_lr=1e-3, warmup_iters=5,
                       eval_interval=30, eval_iters=4)
     trainer = Trainer(model, train, val, cfg, tokenizer=tok)
     history = trainer.fit(progress=False)
     assert [h["step"] for h in history] == [0, 30, 60]
-    assert history[0]["train"] == pytest.approx(math.log(tok.vocab_size), abs=0.2)  # starts near uniform
+    # starts near uniform
+    assert history[0]["train"] == pytest.approx(math.log(tok.vocab_size), abs=0.2)
     assert history[-1]["train"] < 0.5 * history[0]["train"]
     assert history[-1]["val"] < 0.5 * history[0]["val"]
     assert len(trainer.step_losses) == 60 and trainer.step == 60
@@ -86,7 +93,8 @@ def test_trainer_learns_a_repetitive_text(poem_text):
 
 def test_trainer_rejects_a_split_shorter_than_the_context(tiny_config):
     with pytest.raises(SLMError, match="val split has 8 tokens"):
-        Trainer(GPT(tiny_config), torch.zeros(100, dtype=torch.long), torch.zeros(8, dtype=torch.long),
+        Trainer(GPT(tiny_config), torch.zeros(100, dtype=torch.long),
+                torch.zeros(8, dtype=torch.long),
                 TrainConfig(max_iters=1))
 
 
@@ -98,19 +106,22 @@ N = 8  # steps in all; the interrupted run stops at N // 2, a multiple of eval_i
 def _setup(text, seed, out_dir=None, n_embd=16):
     tok, train, val = _corpus(text)
     seed_everything(seed)  # the model's initial weights and the global (dropout) generator
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=n_embd, dropout=0.2)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=n_embd,
+                       dropout=0.2)
     cfg = TrainConfig(max_iters=N, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=2,
                       eval_interval=2, eval_iters=2, seed=7)
     return Trainer(GPT(config), train, val, cfg, tokenizer=tok, out_dir=out_dir)
 
 
 def _losses(history):
-    return [(h["step"], h["train"], h["val"], h["lr"], h["tokens"]) for h in history]  # not the timings
+    # not the timings
+    return [(h["step"], h["train"], h["val"], h["lr"], h["tokens"]) for h in history]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run A uninterrupted; run B stopped half way, then resumed by a fresh trainer on a fresh model."""
+    """Run A uninterrupted; run B stopped half way, then resumed by a fresh trainer on a fresh
+    model."""
     text = POEM * 20
     tmp = tmp_path_factory.mktemp("resume")
     a = _setup(text, seed=0, out_dir=tmp / "a")
@@ -119,7 +130,8 @@ def runs(tmp_path_factory):
     b1.fit(N // 2, progress=False)
     half_files = sorted(p.name for p in (tmp / "b").iterdir())
     shutil.copy(tmp / "b" / "last.pt", tmp / "half.pt")  # b's last.pt moves on as b2 trains
-    b2 = _setup(text, seed=12345, out_dir=tmp / "b")  # other weights, other dropout draws: all must be restored
+    # other weights, other dropout draws: all must be restored
+    b2 = _setup(text, seed=12345, out_dir=tmp / "b")
     assert not torch.equal(b2.model.transformer.wte.weight, a.model.transformer.wte.weight)
     b2.resume(tmp / "b" / "last.pt")
     b2.fit(progress=False)
@@ -138,7 +150,8 @@ def test_resume_is_exact_bit_for_bit(runs):
 
 
 def test_resume_without_the_saved_rng_would_differ(runs):
-    """Control: the comparison above can fail. Same checkpoint, but dropout draws from another seed."""
+    """Control: the comparison above can fail. Same checkpoint, but dropout draws from another
+    seed."""
     b3 = _setup(runs["text"], seed=0)
     b3.resume(runs["tmp"] / "half.pt")
     assert b3.step == N // 2
@@ -152,7 +165,8 @@ def test_checkpoints_written_and_no_temporary_files(runs):
     tmp = runs["tmp"]
     assert runs["half_files"] == ["best.pt", "last.pt", "metrics.jsonl"]
     for run in ("a", "b"):
-        assert sorted(p.name for p in (tmp / run).iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+        assert sorted(p.name for p in (tmp / run).iterdir()) == ["best.pt", "last.pt",
+                                                                 "metrics.jsonl"]
     last = load_checkpoint(tmp / "a" / "last.pt")
     best = load_checkpoint(tmp / "a" / "best.pt")
     assert last["step"] == N
@@ -175,14 +189,17 @@ def test_checkpoint_best_val_is_the_best_so_far(runs):
         assert state["best_val"] == min(h["val"] for h in state["history"]), name
 
 
-# ---------------------------------------------------------------- the same numbers as before the refactor
+# ----------------------------------------------------------------
+# the same numbers as before the refactor
 
 DATA = Path(__file__).parent / "data"
 
 
 def _recorder():
-    """tests/data/record_train_baseline.py: the runs whose losses the trainer of 0f3426d recorded."""
-    spec = importlib.util.spec_from_file_location("record_train_baseline", DATA / "record_train_baseline.py")
+    """tests/data/record_train_baseline.py: the runs whose losses the trainer of 0f3426d
+    recorded."""
+    spec = importlib.util.spec_from_file_location("record_train_baseline",
+                                                  DATA / "record_train_baseline.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -196,26 +213,33 @@ def test_losses_are_bit_identical_to_the_trainer_before_its_refactor(recipe):
     recorder = _recorder()
     trainer = recorder.make(recorder.RECIPES[recipe])
     history = trainer.fit(progress=False)
-    assert trainer.step_losses == RECORDED[recipe]["step_losses"]  # exact float equality, every step
-    assert [{k: h[k] for k in ("step", "train", "val", "lr")} for h in history] == RECORDED[recipe]["history"]
+    # exact float equality, every step
+    assert trainer.step_losses == RECORDED[recipe]["step_losses"]
+    assert [{k: h[k] for k in ("step", "train", "val", "lr")}
+            for h in history] == RECORDED[recipe]["history"]
 
 
 def test_a_checkpoint_of_the_trainer_before_its_refactor_resumes_exactly(tmp_path):
     """checkpoint_0f3426d.pt: step 3 of 6 of the adamw recipe, written by the old trainer."""
     recorder = _recorder()
-    trainer = recorder.make(recorder.RECIPES["adamw"], out_dir=tmp_path).resume(DATA / "checkpoint_0f3426d.pt")
-    assert trainer.step == trainer.progress.step == 3 and len(trainer.history) == 2 and len(trainer.step_losses) == 3
-    assert trainer.best_val == min(h["val"] for h in RECORDED["adamw"]["history"][:2]) and trainer.train_seconds > 0
+    trainer = recorder.make(recorder.RECIPES["adamw"],
+                            out_dir=tmp_path).resume(DATA / "checkpoint_0f3426d.pt")
+    assert (trainer.step == trainer.progress.step == 3 and len(trainer.history) == 2
+            and len(trainer.step_losses) == 3)
+    assert (trainer.best_val == min(h["val"] for h in RECORDED["adamw"]["history"][:2])
+            and trainer.train_seconds > 0)
     history = trainer.fit(progress=False)
     assert trainer.step_losses == RECORDED["adamw"]["step_losses"]
     assert [h["val"] for h in history] == [h["val"] for h in RECORDED["adamw"]["history"]]
 
 
-# ---------------------------------------------------------------- sequence length, chat examples, trainable only
+# ----------------------------------------------------------------
+# sequence length, chat examples, trainable only
 
 def _tiny_gpt(vocab_size, seed=0, **kwargs):
     seed_everything(seed)
-    return GPT(GPTConfig(**{**dict(vocab_size=vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16,
+    return GPT(GPTConfig(**{**dict(vocab_size=vocab_size, block_size=8, n_layer=2, n_head=2,
+                                   n_embd=16,
                                    dropout=0.0), **kwargs}))
 
 
@@ -227,20 +251,25 @@ def test_the_training_sequence_length_is_a_setting_of_its_own(poem_text):
     trainer.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
     trainer.fit(progress=False)
     assert seen and set(seen) == {(3, 5)} and trainer.tokens_per_step == 3 * 5
-    assert Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(eval_iters=1)).seq_len == 8  # 0: block_size
-    with pytest.raises(SLMError, match=r"seq_len \(9\) is longer than the model's block_size \(8\)"):
+    # 0: block_size
+    assert Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(eval_iters=1)).seq_len == 8
+    with pytest.raises(SLMError,
+                       match=r"seq_len \(9\) is longer than the model's block_size \(8\)"):
         Trainer(_tiny_gpt(tok.vocab_size), train, val, TrainConfig(seq_len=9))
-    rope = Trainer(_tiny_gpt(tok.vocab_size, position="rope"), train, val, TrainConfig(seq_len=12, eval_iters=1))
+    rope = Trainer(_tiny_gpt(tok.vocab_size, position="rope"), train, val,
+                   TrainConfig(seq_len=12, eval_iters=1))
     assert rope.seq_len == 12  # attention slides past block_size
 
 
 def test_chat_examples_train_on_the_replies_only():
-    """The step's loss is the mean cross-entropy of the reply tokens of the examples it drew, nothing else."""
+    """The step's loss is the mean cross-entropy of the reply tokens of the examples it drew,
+    nothing else."""
     from slm_helpers.data import ChatExamples
 
     examples = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10]), ([3, 3, 3, 3], [11])]
     train, val = ChatExamples(examples, seq_len=8), ChatExamples(examples[:1], seq_len=8)
-    cfg = TrainConfig(max_iters=30, batch_size=2, grad_accum=2, eval_iters=1, eval_interval=30, learning_rate=1e-2,
+    cfg = TrainConfig(max_iters=30, batch_size=2, grad_accum=2, eval_iters=1, eval_interval=30,
+                      learning_rate=1e-2,
                       warmup_iters=0, seed=3)
     trainer = Trainer(_tiny_gpt(12), train, val, cfg)
     reference = _tiny_gpt(12)
@@ -250,7 +279,8 @@ def test_chat_examples_train_on_the_replies_only():
     mine = y != -100
     assert mine.sum() == sum(len(examples[i][1]) for i in picks.tolist())
     # two micro-batches of two examples: each the mean over its own reply tokens, then their mean
-    halves = [F.cross_entropy(logits[a:b][mine[a:b]], y[a:b][mine[a:b]]) for a, b in ((0, 2), (2, 4))]
+    halves = [F.cross_entropy(logits[a:b][mine[a:b]], y[a:b][mine[a:b]]) for a,
+              b in ((0, 2), (2, 4))]
     assert trainer.train_step() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)
     trainer.fit(progress=False)
     assert trainer.step_losses[-1] < trainer.step_losses[0] - 1.0  # it learns the replies
@@ -265,14 +295,16 @@ def test_a_trainable_only_checkpoint_resumes_onto_its_base_model(poem_text, tmp_
             p.requires_grad_(name.startswith(("lm_head", "transformer.h.1.")))
         return model
 
-    cfg = TrainConfig(max_iters=6, batch_size=4, eval_iters=2, eval_interval=3, learning_rate=1e-2, warmup_iters=1,
+    cfg = TrainConfig(max_iters=6, batch_size=4, eval_iters=2, eval_interval=3, learning_rate=1e-2,
+                      warmup_iters=1,
                       trainable_only=True)
     whole = Trainer(base(), train, val, cfg, tokenizer=tok)
     whole.fit(progress=False)
     half = Trainer(base(), train, val, cfg, tokenizer=tok, out_dir=tmp_path)
     half.fit(3, progress=False)
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["trainable_only"] and all(k.startswith(("lm_head", "transformer.h.1.")) for k in state["model"])
+    assert state["trainable_only"] and all(k.startswith(("lm_head", "transformer.h.1."))
+                                           for k in state["model"])
     resumed = Trainer(base(), train, val, cfg, tokenizer=tok).resume(tmp_path / "last.pt")
     resumed.fit(progress=False)
     assert resumed.step_losses == whole.step_losses

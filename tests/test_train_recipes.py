@@ -32,8 +32,10 @@ def corpus(poem_text):
 def _trainer(corpus, seed=0, **overrides):
     tok, train, val = corpus
     seed_everything(seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
-    cfg = dict(max_iters=4, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=1, eval_interval=2,
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16,
+                          dropout=0.0))
+    cfg = dict(max_iters=4, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=1,
+               eval_interval=2,
                eval_iters=2, seed=7)
     return Trainer(model, train, val, TrainConfig(**{**cfg, **overrides}), tokenizer=tok)
 
@@ -41,12 +43,14 @@ def _trainer(corpus, seed=0, **overrides):
 # ---------------------------------------------------------------- gradient accumulation
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(corpus):
-    """4 micro-batches of 4 sequences, accumulated, give the gradient of one batch of 16: equal up to
-    float32 rounding (the sums are taken in another order), here within 1e-6 absolute + 1e-5 relative."""
+    """4 micro-batches of 4 sequences, accumulated, give the gradient of one batch of 16: equal up
+    to float32 rounding (the sums are taken in another order), here within 1e-6 absolute + 1e-5
+    relative."""
     trainer = _trainer(corpus, grad_accum=4, grad_clip=0.0)
     reference = copy.deepcopy(trainer.model)  # the weights before the step
     train = trainer.splits["train"]
-    starts = torch.randint(len(train) - 8, (16,), generator=torch.Generator().manual_seed(7))  # what the step draws
+    # what the step draws
+    starts = torch.randint(len(train) - 8, (16,), generator=torch.Generator().manual_seed(7))
     x, y = batch_at(train, starts, 8)
     _, big_loss = reference(x, y)
     big_loss.backward()
@@ -67,22 +71,26 @@ def test_grad_accum_must_be_positive():
 def test_autocast_choices_on_the_cpu():
     assert autocast_dtype("float32", CPU) == (None, None)
     assert autocast_dtype("auto", CPU) == (None, None)  # bfloat16 is rarely faster on a CPU
-    assert autocast_dtype("bfloat16", CPU) == (torch.bfloat16, None)  # asked for: computed correctly
+    # asked for: computed correctly
+    assert autocast_dtype("bfloat16", CPU) == (torch.bfloat16, None)
     dtype, note = autocast_dtype("float16", CPU)
     assert dtype is None and "float32" in note and "\n" not in note
     dtype, note = autocast_dtype("bfloat16", torch.device("mps"))
     assert dtype is None and "float32 on mps" in note
 
 
-@pytest.mark.parametrize("capability, bf16, expected", [((8, 0), True, torch.bfloat16), ((7, 5), False, torch.float16)])
+@pytest.mark.parametrize("capability, bf16, expected",
+                         [((8, 0), True, torch.bfloat16), ((7, 5), False, torch.float16)])
 def test_autocast_choices_on_a_gpu(monkeypatch, capability, bf16, expected):
-    """The CUDA branches, without a GPU: only the compute capability is asked (8+: native bfloat16)."""
+    """The CUDA branches, without a GPU: only the compute capability is asked (8+: native
+    bfloat16)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     gpu = torch.device("cuda")
     assert autocast_dtype("auto", gpu) == (expected, None)
     assert autocast_dtype("float16", gpu) == (torch.float16, None)
     assert autocast_dtype("bfloat16", gpu)[0] is expected
-    assert (autocast_dtype("bfloat16", gpu)[1] is None) == bf16  # a note when falling back to float16
+    # a note when falling back to float16
+    assert (autocast_dtype("bfloat16", gpu)[1] is None) == bf16
 
 
 def test_mixed_precision_is_one_object_with_its_scaler(monkeypatch):
@@ -91,9 +99,11 @@ def test_mixed_precision_is_one_object_with_its_scaler(monkeypatch):
     with plain.autocast():
         assert not torch.is_autocast_enabled("cpu")
     bf16 = MixedPrecision("bfloat16", "cpu")
-    assert bf16.dtype is torch.bfloat16 and not bf16.scaler.is_enabled()  # float32's range: no scaling
+    # float32's range: no scaling
+    assert bf16.dtype is torch.bfloat16 and not bf16.scaler.is_enabled()
     with bf16.autocast():
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16)
     assert MixedPrecision("float16", "cpu").note.startswith("float16 training needs a CUDA GPU")
     monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
     fp16, again = MixedPrecision("float16", "cpu"), MixedPrecision("float16", "cpu")
@@ -121,17 +131,20 @@ def test_bfloat16_autocast_on_the_cpu_trains_close_to_float32(corpus):
     x, y = batch_at(bf16.splits["train"], torch.tensor([0, 5]), 8)
     with bf16.amp.autocast():
         logits, loss = bf16.model(x, y)
-    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # cross-entropy stays in float32
+    # cross-entropy stays in float32
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     assert bf16.model.lm_head.weight.dtype == torch.float32  # the weights themselves stay float32
     bf16.fit(progress=False)
     fp32.fit(progress=False)
     assert bf16.step_losses != fp32.step_losses
     for a, b in zip(bf16.step_losses, fp32.step_losses):
-        assert a == pytest.approx(b, abs=0.05)  # bfloat16 keeps 8 bits of mantissa: close, not equal
+        # bfloat16 keeps 8 bits of mantissa: close, not equal
+        assert a == pytest.approx(b, abs=0.05)
 
 
 def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_path):
-    """float16 + GradScaler (the CUDA recipe), run on the CPU's float16 autocast to exercise the code."""
+    """float16 + GradScaler (the CUDA recipe), run on the CPU's float16 autocast to exercise the
+    code."""
     monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
     trainer = _trainer(corpus, dtype="float16")
     assert trainer.amp.scaler.is_enabled()
@@ -147,17 +160,18 @@ def test_the_gradient_scaler_path_and_its_checkpoint(corpus, monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_float16_with_the_gradient_scaler_trains_like_float32(corpus, monkeypatch, grad_clip):
-    """The same 6 steps in float16 + GradScaler (CPU autocast) and in plain float32: every step's loss
-    within 1e-3 and, with clipping, the gradient norm before clipping within 1%, as the true gradients
-    give. A clip of the still-scaled gradients would see norms 65,536 times too large (the scaler's
-    starting scale) and shrink every step to nothing. At this size no step overflows (the scale stays
-    at 65,536); a skipped step would make the two runs part ways by design."""
+    """The same 6 steps in float16 + GradScaler (CPU autocast) and in plain float32: every step's
+    loss within 1e-3 and, with clipping, the gradient norm before clipping within 1%, as the true
+    gradients give. A clip of the still-scaled gradients would see norms 65,536 times too large (the
+    scaler's starting scale) and shrink every step to nothing. At this size no step overflows (the
+    scale stays at 65,536); a skipped step would make the two runs part ways by design."""
     fp32 = _trainer(corpus, grad_clip=grad_clip)
     monkeypatch.setattr(precision, "autocast_dtype", lambda name, device: (torch.float16, None))
     fp16 = _trainer(corpus, dtype="float16", grad_clip=grad_clip)
     assert fp16.amp.scaler.is_enabled() and not fp32.amp.scaler.is_enabled()
     with fp16.amp.autocast():
-        assert fp16.model(*batch_at(fp16.splits["train"], torch.tensor([0]), 8))[0].dtype == torch.float16
+        assert fp16.model(*batch_at(fp16.splits["train"], torch.tensor([0]),
+                                    8))[0].dtype == torch.float16
     losses, norms = {"fp16": [], "fp32": []}, {"fp16": [], "fp32": []}
     for _ in range(6):
         for name, trainer in (("fp16", fp16), ("fp32", fp32)):
@@ -188,7 +202,8 @@ def test_compile_flag_reaches_torch_compile(corpus, monkeypatch):
     trainer = _trainer(corpus, compile=True)
     assert compiled == [trainer.model]
     trainer.fit(progress=False)
-    assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])  # plain module saved
+    # plain module saved
+    assert not any(k.startswith("_orig_mod") for k in trainer.state_dict()["model"])
 
 
 def test_fused_attention_can_be_switched_off_and_computes_the_same(corpus):
@@ -214,8 +229,10 @@ def test_flops_per_token_is_six_n_plus_attention():
 
 @pytest.mark.parametrize("name, peak", [
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12), ("Tesla T4", 65e12),
-    ("Tesla V100-SXM2-16GB", 125e12), ("NVIDIA GeForce RTX 4090", 165e12), ("NVIDIA GeForce RTX 3090", 71e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
+    ("Tesla T4", 65e12),
+    ("Tesla V100-SXM2-16GB", 125e12), ("NVIDIA GeForce RTX 4090", 165e12),
+    ("NVIDIA GeForce RTX 3090", 71e12),
     ("NVIDIA A10G", None), ("Some Future GPU", None),
 ])
 def test_peak_flops_table(monkeypatch, name, peak):
@@ -245,18 +262,22 @@ def test_history_has_speed_mfu_and_perplexity(corpus):
 # ---------------------------------------------------------------- presets and config keys
 
 @pytest.mark.parametrize("preset, millions, target", [
-    # The GPU presets round the vocabulary up to 50,304 rows (vocab_multiple: 64), which the count includes.
-    ("tinystories-tiny", 5.711, 6), ("tinystories-small", 26.398, 25), ("tinystories-medium", 81.111, 85),
+    # The GPU presets round the vocabulary up to 50,304
+    # rows (vocab_multiple: 64), which the count includes.
+    ("tinystories-tiny", 5.711, 6), ("tinystories-small", 26.398, 25),
+    ("tinystories-medium", 81.111, 85),
 ])
 def test_gpt2_presets_have_the_advertised_size(preset, millions, target):
-    """Counted by GPT.num_params(): the (tied) token embedding included, the position embedding not."""
+    """Counted by GPT.num_params(): the (tied) token embedding included, the position embedding
+    not."""
     run = load_config(preset)
     assert run.tokenizer == "gpt2" and run.data.startswith("tinystories")
     with torch.device("meta"):  # no memory, no initialisation: just the shapes
         model = GPT(run.gpt_config(50257))
     assert model.num_params() / 1e6 == pytest.approx(millions, abs=0.001)
     assert abs(model.num_params() / 1e6 - target) / target < 0.1  # "about 6M / 25M / 85M"
-    assert model.num_params(non_embedding=False) - model.num_params() == run.model.block_size * run.model.n_embd
+    assert (model.num_params(non_embedding=False) - model.num_params()
+            == run.model.block_size * run.model.n_embd)
 
 
 @pytest.mark.parametrize("override, named", [
@@ -277,9 +298,10 @@ def test_new_config_keys_are_checked_by_name(override, named):
 
 
 def test_new_config_keys_are_set_by_overrides():
-    run = load_config("tinystories-tiny", ["train.dtype=bfloat16", "train.compile=true", "train.grad_accum=8",
-                                           "train.fused_attention=false", "train.log_interval=5", "train.wandb=true",
-                                           "train.wandb_project=my-runs"])
+    run = load_config("tinystories-tiny",
+                      ["train.dtype=bfloat16", "train.compile=true", "train.grad_accum=8",
+                       "train.fused_attention=false", "train.log_interval=5", "train.wandb=true",
+                       "train.wandb_project=my-runs"])
     t = run.train
     assert (t.dtype, t.compile, t.grad_accum, t.fused_attention) == ("bfloat16", True, 8, False)
     assert (t.log_interval, t.wandb, t.wandb_project) == (5, True, "my-runs")

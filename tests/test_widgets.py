@@ -1,4 +1,5 @@
-"""The interactive sampler and chat panels without a browser: set the controls, click, read the output area.
+"""The interactive sampler and chat panels without a browser: set the controls, click, read the
+output area.
 
 These run on ipywidgets 7.7 (Google Colab's) and 8.x alike.
 """
@@ -12,7 +13,13 @@ from slm_helpers.chat import Chat
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.sampling import SamplingOptions, complete
 from slm_helpers.tokenizers import CharTokenizer
-from slm_helpers.widgets import ChatWidget, Sampler, next_token_distribution, plot_next_token_distribution, token_label
+from slm_helpers.widgets import (
+    ChatWidget,
+    Sampler,
+    next_token_distribution,
+    plot_next_token_distribution,
+    token_label,
+)
 
 PNG = b"\x89PNG"
 
@@ -21,7 +28,8 @@ PNG = b"\x89PNG"
 def sampler(tiny_config):
     torch.manual_seed(0)
     model = GPT(tiny_config)
-    tokenizer = CharTokenizer(list("abcdefghij klmnopq\n!"))  # 20 characters, as the tiny model's vocabulary
+    # 20 characters, as the tiny model's vocabulary
+    tokenizer = CharTokenizer(list("abcdefghij klmnopq\n!"))
     return Sampler(model, tokenizer, prompt="abc", max_new_tokens=12)
 
 
@@ -70,12 +78,14 @@ def test_every_control_reaches_the_sampler(sampler):
     sampler.repetition_penalty.value = 1.5
     sampler.length.value = 5
     sampler.button.click()
-    assert text_of(sampler.output) == complete(sampler.model, sampler.tokenizer, "hi", 5, temperature=0,
+    assert text_of(sampler.output) == complete(sampler.model, sampler.tokenizer, "hi", 5,
+                                               temperature=0,
                                                repetition_penalty=1.5)
     sampler.temperature.value = 1.0
     sampler.num_beams.value = 3
     sampler.button.click()
-    assert text_of(sampler.output) == complete(sampler.model, sampler.tokenizer, "hi", 5, num_beams=3,
+    assert text_of(sampler.output) == complete(sampler.model, sampler.tokenizer, "hi", 5,
+                                               num_beams=3,
                                                repetition_penalty=1.5)
     sampler.num_beams.value = 1
     sampler.seed.value = -1  # random: still runs
@@ -87,7 +97,8 @@ def test_the_default_seed_is_new_at_every_click_and_shown(sampler):
     for _ in range(4):
         sampler.button.click()
         seed = int(sampler.seed_used.value.removeprefix("seed used: "))
-        assert sampler.text == complete(sampler.model, sampler.tokenizer, "abc", 12, seed=seed, temperature=0.8)
+        assert sampler.text == complete(sampler.model, sampler.tokenizer, "abc", 12, seed=seed,
+                                        temperature=0.8)
         texts.add(sampler.text)
         seeds.add(seed)
     assert len(seeds) == 4 and len(texts) > 1  # a fresh sample per click, each one reproducible
@@ -109,7 +120,8 @@ def test_beam_search_greys_out_and_ignores_the_sampling_sliders(sampler):
 def test_bad_prompt_shows_one_line_error_instead_of_raising(sampler):
     sampler.prompt.value = "abc?"  # "?" is not in the vocabulary
     error = text_of(sampler.output)
-    assert error.startswith("error: ") and "not in the vocabulary" in error and error.count("\n") == 1
+    assert (error.startswith("error: ") and "not in the vocabulary" in error
+            and error.count("\n") == 1)
     assert bytes(sampler.chart.value) == b""
     sampler.button.click()  # does not raise either
     assert text_of(sampler.output) == error
@@ -118,7 +130,8 @@ def test_bad_prompt_shows_one_line_error_instead_of_raising(sampler):
 
 
 def test_static_picture_helpers(sampler):
-    own, probs = next_token_distribution(sampler.model, sampler.tokenizer, "abc", temperature=0.5, top_k=5)
+    own, probs = next_token_distribution(sampler.model, sampler.tokenizer, "abc", temperature=0.5,
+                                         top_k=5)
     ax = plot_next_token_distribution(own, probs, sampler.tokenizer, top=8)
     assert len(ax.get_xticklabels()) == 8
     assert token_label(sampler.tokenizer, sampler.tokenizer.encode(" ")[0]) == "\u2423"
@@ -130,7 +143,8 @@ def displayed(panel, monkeypatch) -> dict:
     import IPython.display
 
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False: shown.append((data, raw)))
+    monkeypatch.setattr(IPython.display, "display", lambda data,
+                        raw=False: shown.append((data, raw)))
     panel._ipython_display_()
     (data, raw), = shown
     assert raw and data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.ui.model_id
@@ -147,27 +161,32 @@ CHAT_SYSTEM = "Be kind."
 CHAT_TEMPLATE = (  # SmolLM2's ChatML template, with a short default system line
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\n" + CHAT_SYSTEM + "<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% "
+    "endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="module")
 def chat_model():
-    """A tiny random GPT and a byte-level BPE tokenizer with ChatML's special tokens and a chat template."""
+    """A tiny random GPT and a byte-level BPE tokenizer with ChatML's special tokens and a chat
+    template."""
     from slm_helpers.tokenizers import BPETokenizer
 
-    text = "Twinkle, twinkle, little star,\nHow I wonder what you are!\nUp above the world so high,\n" * 5
-    tokenizer = BPETokenizer.train(text, 256 + 20 + 3, special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    text = ("Twinkle, twinkle, little star,\nHow I wonder what you are!\n"
+            "Up above the world so high,\n") * 5
+    tokenizer = BPETokenizer.train(text, 256 + 20 + 3,
+                                   special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=16,
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=256, n_layer=2, n_head=2,
+                          n_embd=16,
                           dropout=0.0))
     return model, tokenizer
 
 
 def greedy_reply(chat_model, *messages, max_new_tokens, system=None, **settings):
     """What Chat answers to the last of ``messages`` after the others, greedily."""
-    chat = Chat(*chat_model, system=system, temperature=0, max_new_tokens=max_new_tokens, **settings)
+    chat = Chat(*chat_model, system=system, temperature=0, max_new_tokens=max_new_tokens,
+                **settings)
     for message in messages:
         reply = "".join(chat.send(message))
     return reply
@@ -180,7 +199,8 @@ def make_panel(chat_model, **kwargs):
 
 
 class Hook:
-    """A forward pre-hook on the model: ``action`` runs at its ``at``-th forward pass (in the reply thread)."""
+    """A forward pre-hook on the model: ``action`` runs at its ``at``-th forward pass (in the reply
+    thread)."""
 
     def __init__(self, model, at, action):
         self.calls, self.at, self.action = 0, at, action
@@ -203,14 +223,17 @@ def test_chat_panel_shows_each_reply_and_keeps_the_history(chat_model):
     panel.reply_thread.join()
     first = greedy_reply(chat_model, "Hi there", max_new_tokens=12)
     assert len(first) >= 5  # a reply to compare, not an empty one
-    assert panel.history == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": first}]
+    assert panel.history == [{"role": "user", "content": "Hi there"},
+                             {"role": "assistant", "content": first}]
     assert panel.transcript() == f"You: Hi there\nAssistant: {first}"
     assert panel.message.value == "" and not panel.busy and panel.error is None
-    assert not panel.send_button.disabled and panel.stop_button.disabled and panel.status.value == ""
+    assert (not panel.send_button.disabled and panel.stop_button.disabled
+            and panel.status.value == "")
     # The second message is answered with the first exchange in the chat.
     second = panel.send("How are you?", wait=True)
     assert second == greedy_reply(chat_model, "Hi there", "How are you?", max_new_tokens=12)
-    assert panel.transcript() == f"You: Hi there\nAssistant: {first}\nYou: How are you?\nAssistant: {second}"
+    assert panel.transcript() == (f"You: Hi there\nAssistant: {first}\n"
+                                  f"You: How are you?\nAssistant: {second}")
     assert len(panel.history) == 4
 
 
@@ -222,32 +245,39 @@ def test_chat_panel_turns_are_distinguishable_and_escaped(chat_model):
     assert "Say &lt;b&gt;hi&lt;/b&gt;." in system["data"]["text/html"]
     assert "You:" in user["data"]["text/html"] and "a &lt; b &amp; c" in user["data"]["text/html"]
     assert "Assistant:" in assistant["data"]["text/html"]
-    assert len({turn["data"]["text/html"].split("<b ")[1].split(">")[0] for turn in (system, user, assistant)}) == 3
+    assert len({turn["data"]["text/html"].split("<b ")[1].split(">")[0]
+                for turn in (system, user, assistant)}) == 3
 
 
 def test_every_slider_reaches_the_chat(chat_model):
     panel = make_panel(chat_model)
     sent = []
     send = panel.chat.send
-    panel.chat.send = lambda message, options, **kwargs: sent.append((options, kwargs)) or send(message, options,
+    panel.chat.send = lambda message, options, **kwargs: sent.append((options,
+                                                                      kwargs)) or send(message,
+                                                                                       options,
                                                                                                  **kwargs)
     panel.temperature.value, panel.top_k.value, panel.top_p.value = 0.7, 3, 0.5
     panel.repetition_penalty.value, panel.length.value = 1.2, 7
     panel.send("Hi", wait=True)
-    assert sent[-1] == (SamplingOptions(temperature=0.7, top_k=3, top_p=0.5, repetition_penalty=1.2),
+    assert sent[-1] == (SamplingOptions(temperature=0.7, top_k=3, top_p=0.5,
+                                        repetition_penalty=1.2),
                         {"max_new_tokens": 7})
     panel.reset()
     # top-k 1 at temperature 1 is greedy decoding: the options are those the reply was written with
     panel.temperature.value, panel.top_k.value, panel.top_p.value = 1.0, 1, 1.0
-    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", max_new_tokens=7, repetition_penalty=1.2)
-    assert sent[-1][0] == SamplingOptions(temperature=1.0, top_k=1, top_p=None, repetition_penalty=1.2)
+    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", max_new_tokens=7,
+                                                       repetition_penalty=1.2)
+    assert sent[-1][0] == SamplingOptions(temperature=1.0, top_k=1, top_p=None,
+                                          repetition_penalty=1.2)
 
 
 def test_stop_ends_a_long_reply_early_and_the_partial_reply_stays(chat_model):
     model, _ = chat_model
     panel = make_panel(chat_model, max_new_tokens=60)
     full = greedy_reply(chat_model, "Hi", max_new_tokens=60)
-    hook = Hook(model, 3, panel.stop_button.click)  # Stop pressed while the reply's third token is worked out
+    # Stop pressed while the reply's third token is worked out
+    hook = Hook(model, 3, panel.stop_button.click)
     pieces = []  # (forward passes so far, piece) for each piece of the reply
     send = panel.chat.send
 
@@ -268,8 +298,9 @@ def test_stop_ends_a_long_reply_early_and_the_partial_reply_stays(chat_model):
         hook.remove()
     partial = panel.history[-1]["content"]
     assert 0 < len(partial) < len(full) - 10 and full.startswith(partial)
-    # The panel stops at the first piece after Stop: a byte-level model's token may be part of a character,
-    # which waits for the rest, so a piece can take a few tokens. No forward pass runs after it.
+    # The panel stops at the first piece after Stop: a byte-level model's token may be part of a
+    # character, which waits for the rest, so a piece can
+    # take a few tokens. No forward pass runs after it.
     assert partial == "".join(piece for _, piece in pieces)
     assert [calls >= 3 for calls, _ in pieces].count(True) == 1 and hook.calls == pieces[-1][0]
     assert panel.transcript() == f"You: Hi\nAssistant: {partial}"
@@ -287,7 +318,8 @@ def test_a_second_send_while_a_reply_is_written_is_refused(chat_model):
     model, _ = chat_model
     panel = make_panel(chat_model)
     release = threading.Event()
-    hook = Hook(model, 2, lambda: release.wait(30))  # the reply thread waits inside its second forward pass
+    # the reply thread waits inside its second forward pass
+    hook = Hook(model, 2, lambda: release.wait(30))
     try:
         panel.send("Hi")
         assert panel.busy and panel.send_button.disabled and not panel.stop_button.disabled
@@ -300,7 +332,8 @@ def test_a_second_send_while_a_reply_is_written_is_refused(chat_model):
         panel.reply_thread.join()
         hook.remove()
     assert panel.history == [{"role": "user", "content": "Hi"},
-                             {"role": "assistant", "content": greedy_reply(chat_model, "Hi", max_new_tokens=12)}]
+                             {"role": "assistant",
+                              "content": greedy_reply(chat_model, "Hi", max_new_tokens=12)}]
     assert panel.status.value == ""
     panel.send_button.click()  # now it goes
     panel.reply_thread.join()
@@ -314,7 +347,8 @@ def test_reset_empties_the_history_and_stops_a_reply(chat_model):
     panel = make_panel(chat_model, system="Be brief.")
     panel.send("Hi", wait=True)
     panel.reset_button.click()
-    assert panel.history == [{"role": "system", "content": "Be brief."}] and panel.transcript() == "System: Be brief."
+    assert panel.history == [{"role": "system",
+                              "content": "Be brief."}] and panel.transcript() == "System: Be brief."
     # during a reply: it stops, and the chat is empty
     started = threading.Event()
     hook = Hook(model, 2, started.set)
@@ -325,8 +359,10 @@ def test_reset_empties_the_history_and_stops_a_reply(chat_model):
     finally:
         hook.remove()
     assert not panel.reply_thread.is_alive() and not panel.busy
-    assert panel.history == [{"role": "system", "content": "Be brief."}] and panel.transcript() == "System: Be brief."
-    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", system="Be brief.", max_new_tokens=12)
+    assert panel.history == [{"role": "system",
+                              "content": "Be brief."}] and panel.transcript() == "System: Be brief."
+    assert panel.send("Hi", wait=True) == greedy_reply(chat_model, "Hi", system="Be brief.",
+                                                       max_new_tokens=12)
 
 
 def error_of(panel):
@@ -344,7 +380,8 @@ def test_bad_settings_show_one_line_errors(chat_model):
     error = error_of(panel)
     assert error.startswith("error: the chat is") and "beyond the model's context of 256" in error
     assert error.count("\n") == 1 and panel.error == error.strip()
-    assert panel.reply_thread is None and panel.history == [] and panel.message.value == "Hi"  # nothing was sent
+    # nothing was sent
+    assert panel.reply_thread is None and panel.history == [] and panel.message.value == "Hi"
     panel.length.value = 10  # fixed: the error goes
     panel.send_button.click()
     panel.reply_thread.join()
@@ -353,7 +390,8 @@ def test_bad_settings_show_one_line_errors(chat_model):
     for _ in range(10):
         if panel.send("Tell me more about the little star", wait=True) is None:
             break
-    assert "beyond the model's context" in error_of(panel) and panel.error.startswith("error: the chat is")
+    assert "beyond the model's context" in error_of(panel) and panel.error.startswith("error: the "
+                                                                                      "chat is")
     panel.reset()
     assert panel.error is None and panel.output.outputs == ()
 
@@ -374,7 +412,8 @@ def test_an_error_in_the_reply_thread_shows_in_the_panel(chat_model):
     assert not panel.busy and not panel.send_button.disabled and panel.stop_button.disabled
     assert panel.status.value == ""
     partial = panel.history[-1]["content"]  # the two tokens written before the error stay
-    assert greedy_reply(chat_model, "Hi", max_new_tokens=12).startswith(partial) and len(panel.history) == 2
+    assert greedy_reply(chat_model, "Hi",
+                        max_new_tokens=12).startswith(partial) and len(panel.history) == 2
     assert panel.send("Again", wait=True) and panel.error is None
 
 

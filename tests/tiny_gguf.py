@@ -1,10 +1,12 @@
-"""Tiny GGUF files for the lesson 12 tests, written with ggml-org's own ``gguf`` writer and quantizers.
+"""Tiny GGUF files for the lesson 12 tests, written with ggml-org's own ``gguf`` writer and
+quantizers.
 
-``write_tiny_llama`` writes a random two-layer Llama laid out as llama.cpp's converter lays out SmolLM2:
-query and key rows permuted for llama.cpp's rotary layout, a byte-level vocabulary with its special tokens
-first, some bytes without a token, merges in order, the "smollm" pre-tokenizer (digits one by one) and
-SmolLM2's ChatML template. Its weights come back too, in Hugging Face's layout (rows unpermuted) and
-exactly as the file stores them after quantization, so a test can check a loader without the loader.
+``write_tiny_llama`` writes a random two-layer Llama laid out as llama.cpp's converter lays out
+SmolLM2: query and key rows permuted for llama.cpp's rotary layout, a byte-level vocabulary with its
+special tokens first, some bytes without a token, merges in order, the "smollm" pre-tokenizer
+(digits one by one) and SmolLM2's ChatML template. Its weights come back too, in Hugging Face's
+layout (rows unpermuted) and exactly as the file stores them after quantization, so a test can check
+a loader without the loader.
 """
 
 from __future__ import annotations
@@ -22,30 +24,36 @@ from gguf.quants import dequantize, quantize
 
 from slm_helpers.tokenizers import GPT2_SPLIT_PATTERN, bytes_to_unicode, train_merges
 
-N_LAYER, N_EMBD, N_HEAD, N_KV_HEAD, FFN, CONTEXT = 2, 64, 4, 2, 96, 64  # FFN is not 8 * 64 / 3 = 170
+# FFN is not 8 * 64 / 3 = 170
+N_LAYER, N_EMBD, N_HEAD, N_KV_HEAD, FFN, CONTEXT = 2, 64, 4, 2, 96, 64
 HEAD_SIZE = N_EMBD // N_HEAD
 ROPE_BASE, RMS_EPS = 50000.0, 1e-5  # not the default base (10000): a loader that drops it fails
 
 # SmolLM2-135M-Instruct's tokenizer.chat_template, as its GGUF file has it.
 SMOLLM2_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+    "'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' "
+    "}}{% endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>"]  # ids 0-3, as in SmolLM2
-# Bytes with no token, as SmolLM2 has none for 21 bytes: a few control characters, and bytes UTF-8 never uses.
+# Bytes with no token, as SmolLM2 has none for 21 bytes:
+# a few control characters, and bytes UTF-8 never uses.
 MISSING_BYTES = frozenset({0x00, 0x04, 0x7F, 0xC0, 0xC1, *range(0xF5, 0x100)})
 N_MERGES = 200
 
 # Every tensor type the course's reader knows, and where the tiny Llama uses it (the rest is Q4_1).
 TYPES = {"token_embd.weight": Q.Q8_0, "output.weight": Q.F16, "blk.1.attn_k.weight": Q.Q4_0,
-         "blk.1.attn_v.weight": Q.Q8_0, "blk.1.attn_output.weight": Q.BF16, "blk.1.ffn_up.weight": Q.F16}
+         "blk.1.attn_v.weight": Q.Q8_0, "blk.1.attn_output.weight": Q.BF16,
+         "blk.1.ffn_up.weight": Q.F16}
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's convert_hf_to_gguf.py reordering of a query or key matrix's rows (its LlamaModel.permute)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    """llama.cpp's convert_hf_to_gguf.py reordering of a query or key matrix's rows (its
+    LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1,
+                                                                                  2).reshape(w.shape)
 
 
 def stored(w: np.ndarray, qtype: Q) -> np.ndarray:
@@ -63,20 +71,26 @@ def round_trip(w: np.ndarray, qtype: Q) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def tiny_vocabulary() -> tuple[list[str], list[int], list[str]]:
     """(tokens, token types, merges) in SmolLM2's layout: specials, then the byte tokens in GPT-2's
-    table order (without MISSING_BYTES), then one token per merge, in merge order. The merges are learned
-    with GPT-2's split, so numbers get multi-digit tokens that only a digits-first pre-tokenizer avoids."""
-    text = Path(__file__).resolve().parents[1].joinpath("data", "tinyshakespeare.txt").read_text(encoding="utf-8")
-    text = text[:6000] + " 2024-01-01 1234567890 3.14159 1,000,000 12 123 99 " * 8 + " café naïve 日本語 😀 " * 4
+    table order (without MISSING_BYTES), then one token per merge, in merge order. The merges are
+    learned with GPT-2's split, so numbers get multi-digit tokens that only a digits-first
+    pre-tokenizer avoids."""
+    text = Path(__file__).resolve().parents[1].joinpath("data",
+                                                        "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = (text[:6000] + " 2024-01-01 1234567890 3.14159 1,000,000 12 123 99 " * 8
+            + " café naïve 日本語 😀 " * 4)
     table = bytes_to_unicode()
-    byte_values = sorted(set(range(256)) - MISSING_BYTES, key=lambda b: table[b])  # GPT-2's order: '!' first
+    # GPT-2's order: '!' first
+    byte_values = sorted(set(range(256)) - MISSING_BYTES, key=lambda b: table[b])
     assert not MISSING_BYTES & set(text.encode("utf-8"))
-    pieces = {b: table[b] for b in range(256)}  # the trainer's ids: 0-255 the bytes, 256 + k merge k
+    # the trainer's ids: 0-255 the bytes, 256 + k merge k
+    pieces = {b: table[b] for b in range(256)}
     merges = []
     for k, (a, b) in enumerate(train_merges(text, N_MERGES, GPT2_SPLIT_PATTERN)):
         pieces[256 + k] = pieces[a] + pieces[b]
         merges.append(f"{pieces[a]} {pieces[b]}")
     tokens = SPECIALS + [table[b] for b in byte_values] + [pieces[256 + k] for k in range(N_MERGES)]
-    assert len(set(tokens)) == len(tokens), "two merges make the same token: pick other training text"
+    assert len(set(tokens)) == len(tokens), ("two merges make the same token: pick other training "
+                                             "text")
     types = [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))  # 3: control, 1: normal
     return tokens, types, merges
 
@@ -114,7 +128,8 @@ def _metadata(arch: str, tokens, types, merges) -> dict[str, tuple[str, object]]
         "tokenizer.ggml.add_bos_token": ("add_bool", False),
         "tokenizer.chat_template": ("add_string", SMOLLM2_CHAT_TEMPLATE),
         # One key of every other value type, for the reader's tests.
-        "test.uint8": ("add_uint8", 200), "test.int8": ("add_int8", -100), "test.uint16": ("add_uint16", 60000),
+        "test.uint8": ("add_uint8", 200), "test.int8": ("add_int8", -100),
+        "test.uint16": ("add_uint16", 60000),
         "test.int16": ("add_int16", -30000), "test.int32": ("add_int32", -2_000_000_000),
         "test.uint64": ("add_uint64", 2**63 + 5), "test.int64": ("add_int64", -(2**62)),
         "test.float64": ("add_float64", 0.1), "test.float32s": ("add_array", [0.5, -1.25, 3.0]),
@@ -123,27 +138,32 @@ def _metadata(arch: str, tokens, types, merges) -> dict[str, tuple[str, object]]
 
 
 def write_tiny_llama(path: str | Path, *, tied: bool = True, arch: str = "llama", seed: int = 0,
-                     metadata: dict | None = None, types: dict | None = None, skip=(), extra=None) -> TinyLlama:
+                     metadata: dict | None = None, types: dict | None = None, skip=(),
+                     extra=None) -> TinyLlama:
     """Write a random tiny Llama GGUF file at ``path``.
 
-    ``metadata``: key -> (writer method, value) to add or replace, or key -> None to leave a key out;
-    ``types``: tensor name -> type, over TYPES; ``skip``: tensor names to leave out; ``extra``: name ->
-    (array, type) of tensors to add (a uint8 array is written as raw bytes of that type)."""
+    ``metadata``: key -> (writer method, value) to add or replace, or key -> None to leave a key
+    out; ``types``: tensor name -> type, over TYPES; ``skip``: tensor names to leave out; ``extra``:
+    name -> (array, type) of tensors to add (a uint8 array is written as raw bytes of that type)."""
     tokens, token_types, merges = tiny_vocabulary()
     rng = np.random.default_rng(seed)
     hf = {"model.embed_tokens.weight": 0.5 * rng.standard_normal((len(tokens), N_EMBD)),
           "model.norm.weight": 1 + 0.2 * rng.standard_normal(N_EMBD)}
-    gguf = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
+    gguf = {"token_embd.weight": "model.embed_tokens.weight",
+            "output_norm.weight": "model.norm.weight"}
     if not tied:
         hf["lm_head.weight"] = 0.5 * rng.standard_normal((len(tokens), N_EMBD))
         gguf["output.weight"] = "lm_head.weight"
     kv = N_KV_HEAD * HEAD_SIZE
-    parts = {"attn_q": ("self_attn.q_proj", N_EMBD, N_EMBD), "attn_k": ("self_attn.k_proj", kv, N_EMBD),
+    parts = {"attn_q": ("self_attn.q_proj", N_EMBD, N_EMBD),
+             "attn_k": ("self_attn.k_proj", kv, N_EMBD),
              "attn_v": ("self_attn.v_proj", kv, N_EMBD),
-             "attn_output": ("self_attn.o_proj", N_EMBD, N_EMBD), "ffn_gate": ("mlp.gate_proj", FFN, N_EMBD),
+             "attn_output": ("self_attn.o_proj", N_EMBD, N_EMBD),
+             "ffn_gate": ("mlp.gate_proj", FFN, N_EMBD),
              "ffn_up": ("mlp.up_proj", FFN, N_EMBD), "ffn_down": ("mlp.down_proj", N_EMBD, FFN)}
     for i in range(N_LAYER):
-        for norm, hf_norm in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+        for norm, hf_norm in (("attn_norm", "input_layernorm"),
+                              ("ffn_norm", "post_attention_layernorm")):
             hf[f"model.layers.{i}.{hf_norm}.weight"] = 1 + 0.2 * rng.standard_normal(N_EMBD)
             gguf[f"blk.{i}.{norm}.weight"] = f"model.layers.{i}.{hf_norm}.weight"
         for part, (hf_part, rows, cols) in parts.items():
@@ -168,9 +188,11 @@ def write_tiny_llama(path: str | Path, *, tied: bool = True, arch: str = "llama"
         data = stored(w, qtype)
         writer.add_tensor(name, data, raw_dtype=None if qtype == Q.F32 else qtype)
         back = round_trip(w, qtype)
-        if ".attn_q." in name or ".attn_k." in name:  # llama.cpp's permutation undone, by inverting its reshapes
+        # llama.cpp's permutation undone, by inverting its reshapes
+        if ".attn_q." in name or ".attn_k." in name:
             heads = N_HEAD if ".attn_q." in name else N_KV_HEAD
-            back = back.reshape(heads, back.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(back.shape)
+            back = back.reshape(heads, back.shape[0] // heads // 2, 2, -1).swapaxes(1,
+                                                                                    2).reshape(back.shape)
         weights[hf_name] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
     for name, (data, qtype) in (extra or {}).items():
         writer.add_tensor(name, data, raw_dtype=None if qtype == Q.F32 else qtype)
@@ -182,9 +204,9 @@ def write_tiny_llama(path: str | Path, *, tied: bool = True, arch: str = "llama"
 
 
 def llama_logits(weights: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-    """A Llama's logits written out from Hugging Face's formulas (RMSNorm, rotate_half RoPE, grouped-query
-    attention, SwiGLU), on the tiny model's weights: a reference that needs neither the course's GPT nor
-    transformers."""
+    """A Llama's logits written out from Hugging Face's formulas (RMSNorm, rotate_half RoPE,
+    grouped-query attention, SwiGLU), on the tiny model's weights: a reference that needs neither
+    the course's GPT nor transformers."""
     w = weights
     T = idx.size(1)
 
@@ -204,7 +226,8 @@ def llama_logits(weights: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.T
         p = f"model.layers.{i}."
         h = rms(x, w[p + "input_layernorm.weight"])
         q, k, v = (
-            (h @ w[p + f"self_attn.{n}_proj.weight"].T).view(*idx.shape, -1, HEAD_SIZE).transpose(1, 2)
+            (h @ w[p + f"self_attn.{n}_proj.weight"].T).view(*idx.shape, -1, HEAD_SIZE).transpose(1,
+                                                                                                  2)
             for n in "qkv")
         q, k = rotate(q), rotate(k)
         k, v = (t.repeat_interleave(N_HEAD // N_KV_HEAD, dim=1) for t in (k, v))

@@ -1,6 +1,7 @@
 """Benchmark: how low does the CPU preset get the validation loss, and how fast?
 
-    python tests/benchmarks/bench_cpu_preset.py [--preset shakespeare-char-cpu] [--set train.max_iters=...]
+    python tests/benchmarks/bench_cpu_preset.py [--preset shakespeare-char-cpu] [--set
+    train.max_iters=...]
 
 Prints parameters, device, threads, final validation loss, training time (evaluation excluded)
 and wall time (everything, evaluation and checkpoint-free), plus tokens per second.
@@ -27,16 +28,18 @@ def main() -> None:
     device = pick_device(args.device)
     seed_everything(run.train.seed)
     trainer = build_trainer(run, device=device)
-    print(f"preset {run.name}: {trainer.model.num_params() / 1e6:.2f}M parameters, device {device}, "
-          f"{torch.get_num_threads()} threads, {run.train.max_iters} steps of {trainer.tokens_per_step} tokens")
+    print(f"preset {run.name}: {trainer.model.num_params() / 1e6:.2f}M parameters, device "
+          f"{device}, {torch.get_num_threads()} threads, {run.train.max_iters} steps of "
+          f"{trainer.tokens_per_step} tokens")
     start = time.perf_counter()
     history = trainer.fit(progress=False)
     wall = time.perf_counter() - start
     for h in history:
-        print(f"  step {h['step']:>5}  train {h['train']:.4f}  val {h['val']:.4f}  at {h['seconds']:6.1f}s")
+        print(f"  step {h['step']:>5}  train {h['train']:.4f}  val {h['val']:.4f}  at "
+              f"{h['seconds']:6.1f}s")
     tokens = run.train.max_iters * trainer.tokens_per_step
-    print(f"val loss {history[-1]['val']:.4f} | training {trainer.train_seconds:.1f}s | wall {wall:.1f}s "
-          f"| {tokens / trainer.train_seconds:,.0f} tokens/s")
+    print(f"val loss {history[-1]['val']:.4f} | training {trainer.train_seconds:.1f}s | wall "
+          f"{wall:.1f}s | {tokens / trainer.train_seconds:,.0f} tokens/s")
 
 
 if __name__ == "__main__":

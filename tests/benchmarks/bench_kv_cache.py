@@ -48,26 +48,31 @@ def bench(device: torch.device, n: int) -> None:
     timeline(model, prompt, 20, device)  # warm-up: first calls allocate and pick kernels
     timeline(model, prompt, 20, device, use_cache=False)
     keeps = {"keep=256, exact crop": None, "keep=128": config.block_size // 2}
-    results = {(label, use_cache): timeline(model, prompt, n, device, use_cache=use_cache, keep=keep)
+    results = {(label, use_cache): timeline(model, prompt, n, device, use_cache=use_cache,
+                                            keep=keep)
                for label, keep in keeps.items() for use_cache in (False, True)}
     within = min(n, config.block_size - 1)  # new tokens that fit beside the one-token prompt
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), {model.num_params() / 1e6:.2f}M parameters, "
-          f"greedy decoding from a 1-token prompt")
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), "
+          f"{model.num_params() / 1e6:.2f}M parameters, greedy decoding from a 1-token prompt")
     print(f"{'':34} {within:>4} new tokens            {n:>4} new tokens")
     for (label, use_cache), (times, tokens) in results.items():
         base_times, base_tokens = results[label, False]
-        same = "tokens identical to no cache" if torch.equal(tokens, base_tokens) else "TOKENS DIFFER FROM NO CACHE"
+        same = ("tokens identical to no cache" if torch.equal(tokens, base_tokens)
+                else "TOKENS DIFFER FROM NO CACHE")
         print(f"{('cache, ' if use_cache else 'no cache, ') + label:34} "
               f"{times[within - 1]:6.2f}s {base_times[within - 1] / times[within - 1]:5.1f}x      "
-              f"{times[-1]:6.2f}s {base_times[-1] / times[-1]:5.1f}x   {1000 * times[-1] / n:6.2f} ms/token"
+              f"{times[-1]:6.2f}s {base_times[-1] / times[-1]:5.1f}x   {1000 * times[-1] / n:6.2f} "
+              "ms/token"
               + (f", {same}" if use_cache else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=500)
-    parser.add_argument("--device", action="append", help="cpu or cuda (repeatable; default: cpu, and cuda if present)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", action="append",
+                        help="cpu or cuda (repeatable; default: cpu, and cuda if present)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,7 +13,8 @@ no GPU). In order:
    float16 with the gradient scaler, each without and with torch.compile: tokens/s, MFU, peak memory
    (``bench_throughput.py``);
 4. the KV-cache benchmark (``bench_kv_cache.py``);
-5. lesson 11's speedrun: seconds of training for ``shakespeare-char-fast`` to reach nanoGPT's validation
+5. lesson 11's speedrun: seconds of training for ``shakespeare-char-fast`` to reach nanoGPT's
+validation
    loss of 1.4697 (``bench_speedrun.py --device cuda``);
 6. a one-process NCCL run under torchrun (DDP's code path: process group, barrier, all-reduce).
 
@@ -39,12 +40,14 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "tests" / "benchmarks"
 LESSONS = ["00", "02", "06", "08", "09"]
 # (label, overrides) for the throughput table; float32 without TF32 is the --no-tf32 flag.
-PRECISIONS = [("float32", ["--no-tf32"]), ("TF32", []), ("bfloat16", ["--set", "train.dtype=bfloat16"]),
+PRECISIONS = [("float32", ["--no-tf32"]), ("TF32", []),
+              ("bfloat16", ["--set", "train.dtype=bfloat16"]),
               ("float16 + GradScaler", ["--set", "train.dtype=float16"])]
 
 
 def machine(device: str) -> list[str]:
-    lines = [f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.platform(terse=True)}"]
+    lines = [f"- torch {torch.__version__}, Python {platform.python_version()}, "
+             f"{platform.platform(terse=True)}"]
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         lines += [f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability "
@@ -60,7 +63,8 @@ def run(command: list[str], *, env: dict | None = None, cwd: Path = ROOT,
     """(succeeded, its output, seconds) of a command, never raising."""
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})},
+                              capture_output=True, text=True,
                               timeout=timeout)
         ok, output = done.returncode == 0, done.stdout + done.stderr
     except subprocess.TimeoutExpired as err:
@@ -69,7 +73,8 @@ def run(command: list[str], *, env: dict | None = None, cwd: Path = ROOT,
 
 
 def execute_lesson(path: Path, quick: bool) -> tuple[bool, str, float]:
-    """Run one notebook top to bottom in a fresh kernel, in its own folder (so ../runs is the repo's)."""
+    """Run one notebook top to bottom in a fresh kernel, in its own folder (so ../runs is the
+    repo's)."""
     code = ("import sys, nbformat\n"
             "from nbclient import NotebookClient\n"
             f"nb = nbformat.read({str(path)!r}, as_version=4)\n"
@@ -88,16 +93,20 @@ def fenced(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(BENCH / "gpu_check_report.md"))
-    parser.add_argument("--lessons", nargs="*", default=LESSONS, help="lesson numbers to execute (none: skip)")
+    parser.add_argument("--lessons", nargs="*", default=LESSONS,
+                        help="lesson numbers to execute (none: skip)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (quick mode): a dry run")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA GPU here; `--device cpu --quick` does a dry run of the same steps", file=sys.stderr)
+        print("error: no CUDA GPU here; `--device cpu --quick` does a dry run of the same steps",
+              file=sys.stderr)
         return 2
 
-    report = ["# GPU check", "", f"Run {time.strftime('%Y-%m-%d %H:%M')} by `tests/benchmarks/gpu_check.py`"
-              + (" (dry run: quick mode)" if args.quick else "") + ".", "", "## Machine", "", *machine(args.device), ""]
+    report = ["# GPU check", "",
+              f"Run {time.strftime('%Y-%m-%d %H:%M')} by `tests/benchmarks/gpu_check.py`"
+              + (" (dry run: quick mode)" if args.quick else "") + ".", "", "## Machine", "",
+              *machine(args.device), ""]
     failures = []
     start = time.perf_counter()
 
@@ -117,14 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     steps = "1" if args.quick else "10"
     presets = ["shakespeare-char-cpu"] if args.quick else ["shakespeare-char", "tinystories-small"]
     report += ["## Training throughput", "",
-               f"`bench_throughput.py` on random tokens, {steps} timed steps after one warm-up (compilation happens "
-               "in the warm-up). MFU is against the GPU's 16-bit peak, also for float32.", ""]
-    for label, flags in PRECISIONS[:1] if args.quick else PRECISIONS:  # on a CPU they are all float32
+               f"`bench_throughput.py` on random tokens, {steps} timed steps after one warm-up "
+               "(compilation happens in the warm-up). MFU is against the GPU's 16-bit peak, also "
+               "for float32.", ""]
+    # on a CPU they are all float32
+    for label, flags in PRECISIONS[:1] if args.quick else PRECISIONS:
         for compile_ in (False, True):
             if args.quick and compile_:
                 continue
-            command = [sys.executable, str(BENCH / "bench_throughput.py"), "--presets", *presets, "--steps", steps,
-                       "--device", args.device, *flags, "--set", f"train.compile={str(compile_).lower()}"]
+            command = [sys.executable, str(BENCH / "bench_throughput.py"), "--presets", *presets,
+                       "--steps", steps,
+                       "--device", args.device, *flags, "--set",
+                       f"train.compile={str(compile_).lower()}"]
             if args.quick:
                 command += ["--batch-size", "2"]
             ok, output, seconds = run(command)
@@ -133,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             failures += [] if ok else [f"throughput {title}"]
             report += [f"**{title}**" + ("" if ok else " (failed)"), "", *fenced(output)]
 
-    ok, output, seconds = run([sys.executable, str(BENCH / "bench_kv_cache.py"), "--device", args.device,
+    ok, output, seconds = run([sys.executable, str(BENCH / "bench_kv_cache.py"), "--device",
+                               args.device,
                                "--tokens", "10" if args.quick else "500"])
     print(f"KV cache: {'ok' if ok else 'FAILED'} ({seconds:.0f} s)", flush=True)
     failures += [] if ok else ["KV cache"]
@@ -147,14 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     report += [f"## Speedrun: {title} (`bench_speedrun.py`)", "", *fenced(output)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        sets = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.max_iters=20",
-                "train.eval_interval=10", "train.eval_iters=2", "train.batch_size=8", "train.compile=false"]
+        sets = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
+                "train.max_iters=20",
+                "train.eval_interval=10", "train.eval_iters=2", "train.batch_size=8",
+                "train.compile=false"]
         if args.quick:
             sets += ["train.max_iters=4", "train.eval_interval=2"]
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                   "-m", "slm_helpers", "train", "--preset", "shakespeare-char-cpu", "--device", args.device,
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", "1",
+                   "-m", "slm_helpers", "train", "--preset", "shakespeare-char-cpu", "--device",
+                   args.device,
                    "--out", str(Path(tmp) / "ddp"), *(f"--set={s}" for s in sets)]
-        ok, output, seconds = run(command, env={"TQDM_DISABLE": "1"})  # no progress bars in the report
+        # no progress bars in the report
+        ok, output, seconds = run(command, env={"TQDM_DISABLE": "1"})
     backend = "NCCL" if args.device == "cuda" else "gloo"
     print(f"torchrun ({backend}): {'ok' if ok else 'FAILED'} ({seconds:.0f} s)", flush=True)
     failures += [] if ok else ["torchrun"]
@@ -164,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     report[4:4] = [f"**{'All parts ran' if not failures else 'Failed: ' + ', '.join(failures)}**, "
                    f"in {total:.1f} minutes.", ""]
     Path(args.out).write_text("\n".join(report) + "\n", encoding="utf-8")
-    print(f"report: {args.out} ({total:.1f} min){'; failed: ' + ', '.join(failures) if failures else ''}")
+    print(f"report: {args.out} ({total:.1f} "
+          f"min){'; failed: ' + ', '.join(failures) if failures else ''}")
     return 1 if failures else 0
 
 

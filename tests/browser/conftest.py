@@ -5,12 +5,15 @@ These tests are slow (a JupyterLab server, a browser, whole notebooks) and need 
 (``make test-browser``; ``make test`` too, when Chromium is installed).
 
 Environment:
-    SLM_CHROMIUM      the Chromium to drive (default: ``chromium`` on the PATH, then /usr/bin/chromium)
-    SLM_REQUIRE_BROWSER  1: a missing Chromium or Playwright fails the tests instead of skipping them
+    SLM_CHROMIUM      the Chromium to drive (default: ``chromium`` on the PATH, then
+    /usr/bin/chromium) SLM_REQUIRE_BROWSER  1: a missing Chromium or Playwright fails the tests
+    instead of skipping them
                       (CI sets it: .ci/run and the GitHub workflow; a laptop without Chromium skips)
-    SLM_SCREENSHOTS   a folder for the screenshots (default: a temporary folder); ``images/`` refreshes
+    SLM_SCREENSHOTS   a folder for the screenshots (default: a temporary folder); ``images/``
+    refreshes
                       the pictures the README shows
-    SLM_BROWSER_FULL  1: run the lessons in full mode instead of quick mode (minutes, not seconds; the
+    SLM_BROWSER_FULL  1: run the lessons in full mode instead of quick mode (minutes, not seconds;
+    the
                       copy gets the repository's trained runs/ so lesson 9 reuses lesson 6's model).
                       This is how the README's pictures are made:
                       SLM_BROWSER_FULL=1 SLM_SCREENSHOTS=images make test-browser
@@ -36,7 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
-# Headless, no GPU, and no attempt to reach the network (this machine has none; each attempt would fail).
+# Headless, no GPU, and no attempt to reach the network
+# (this machine has none; each attempt would fail).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -55,9 +59,11 @@ def browser_required() -> bool:
 
 
 def skip_or_fail(reason: str):
-    """Skip on a developer's machine; fail where the browser tests must run (SLM_REQUIRE_BROWSER=1)."""
+    """Skip on a developer's machine; fail where the browser tests must run
+    (SLM_REQUIRE_BROWSER=1)."""
     if browser_required():
-        pytest.fail(f"{reason}, and SLM_REQUIRE_BROWSER is set: the browser tests must run here", pytrace=False)
+        pytest.fail(f"{reason}, and SLM_REQUIRE_BROWSER is set: the browser tests must run here",
+                    pytrace=False)
     pytest.skip(reason)
 
 
@@ -87,14 +93,18 @@ LAB_SETTINGS = {
 
 
 class Lab:
-    """A JupyterLab server on 127.0.0.1 serving a temporary copy of notebooks/ (kernels in quick mode)."""
+    """A JupyterLab server on 127.0.0.1 serving a temporary copy of notebooks/ (kernels in quick
+    mode)."""
 
     def __init__(self, base: Path, *, full: bool = False):
         self.base, self.full = base, full
-        self.root = base / "course" / "notebooks"  # '../runs' in a notebook lands in the copy, not the repo
+        # '../runs' in a notebook lands in the copy, not the repo
+        self.root = base / "course" / "notebooks"
         shutil.copytree(NOTEBOOKS, self.root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        if full and (ROOT / "runs").is_dir():  # trained models, so full mode need not train them again
-            shutil.copytree(ROOT / "runs", base / "course" / "runs", ignore=shutil.ignore_patterns("quick"))
+        # trained models, so full mode need not train them again
+        if full and (ROOT / "runs").is_dir():
+            shutil.copytree(ROOT / "runs", base / "course" / "runs",
+                            ignore=shutil.ignore_patterns("quick"))
         for name, text in LAB_SETTINGS.items():
             path = base / "settings" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +120,8 @@ class Lab:
         self.log_path = base / "jupyterlab.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+             "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
              f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
              f"--LabApp.user_settings_dir={base / 'settings'}",
@@ -124,7 +135,8 @@ class Lab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"JupyterLab stopped (exit {self.process.returncode}):\n{self.log()}")
+                raise RuntimeError("JupyterLab stopped (exit "
+                                   f"{self.process.returncode}):\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2):
                     return
@@ -133,7 +145,8 @@ class Lab:
         raise RuntimeError(f"JupyterLab did not answer in {timeout:.0f} s:\n{self.log()}")
 
     def notebook_url(self, name: str) -> str:
-        """The notebook alone in a new, empty workspace (so no tab of an earlier test comes back)."""
+        """The notebook alone in a new, empty workspace (so no tab of an earlier test comes
+        back)."""
         return f"{self.url}/lab/workspaces/{secrets.token_hex(4)}/tree/{name}?token={self.token}"
 
     def api(self, method: str, path: str):
@@ -165,8 +178,8 @@ class Lab:
 def chromium_path():
     path = find_chromium()
     if not path:
-        where = f"SLM_CHROMIUM={os.environ['SLM_CHROMIUM']} is not an executable" if os.environ.get("SLM_CHROMIUM") \
-            else "Chromium not found"
+        where = (f"SLM_CHROMIUM={os.environ['SLM_CHROMIUM']} is not an executable"
+                 if os.environ.get("SLM_CHROMIUM") else "Chromium not found")
         skip_or_fail(f"{where} (install Debian's chromium, or set SLM_CHROMIUM)")
     return path
 
@@ -187,7 +200,8 @@ def browser(chromium_path):
         skip_or_fail(f"Playwright cannot be imported ({err}): pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
         # launch() starts Chromium with a fresh, empty profile (--user-data-dir) of its own.
-        chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True,
+                                              args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
@@ -201,7 +215,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def page(browser, lab, request):
-    """A fresh browser tab; when its test fails, a screenshot of the whole page is kept for a look."""
+    """A fresh browser tab; when its test fails, a screenshot of the whole page is kept for a
+    look."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
     page = context.new_page()
     yield page

@@ -1,7 +1,9 @@
-"""Run once on the ORIGINAL trainer (commit 0f3426d): record the losses of tiny runs of several recipes and
-write a checkpoint in that trainer's format. tests/test_train.py checks the refactored trainer against both:
+"""Run once on the ORIGINAL trainer (commit 0f3426d): record the losses of tiny runs of several
+recipes and write a checkpoint in that trainer's format. tests/test_train.py checks the refactored
+trainer against both:
 
-    python tests/data/record_train_baseline.py tests/data/train_baseline_0f3426d.json tests/data/checkpoint_0f3426d.pt
+    python tests/data/record_train_baseline.py tests/data/train_baseline_0f3426d.json
+    tests/data/checkpoint_0f3426d.pt
 """
 
 import json
@@ -35,11 +37,13 @@ def make(recipe, out_dir=None):
     data = torch.tensor(tok.encode(POEM))
     n = int(0.9 * len(data))
     seed_everything(0)
-    extra = dict(norm="rmsnorm", position="rope", mlp="swiglu", qk_norm=True, tie_embeddings=False, n_kv_head=1)
+    extra = dict(norm="rmsnorm", position="rope", mlp="swiglu", qk_norm=True, tie_embeddings=False,
+                 n_kv_head=1)
     extra = extra if modern else {}
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=2, n_head=2, n_embd=16,
                           dropout=dropout, **extra))
-    cfg = TrainConfig(**{**dict(max_iters=6, batch_size=4, learning_rate=1e-2, min_lr=1e-3, warmup_iters=1,
+    cfg = TrainConfig(**{**dict(max_iters=6, batch_size=4, learning_rate=1e-2, min_lr=1e-3,
+                                warmup_iters=1,
                                 eval_interval=3, eval_iters=2, seed=7), **recipe})
     return Trainer(model, data[:n], data[n:], cfg, tokenizer=tok, out_dir=out_dir)
 
