@@ -1,4 +1,5 @@
-"""Chatting with an instruction-tuned model: the ChatML format, and replies streamed by lesson 9's sampler.
+"""Chatting with an instruction-tuned model: the ChatML format, and replies streamed by lesson 9's
+sampler.
 
 An instruct model was fine-tuned on conversations written in one fixed format, and it answers well
 only when its prompt is written the same way. SmolLM2 uses ChatML: each message between two special
@@ -13,9 +14,10 @@ tokens, the role on the first line, then an open assistant turn for the model to
 The model ends its reply with ``<|im_end|>``, where generation stops. A conversation is the whole
 history, sent again each turn: the model remembers nothing between calls.
 
-What it leaves out: Jinja. A released file carries its template as a small Jinja program; this module
-takes only the default system line out of it and writes ChatML itself (the tests render the template
-with Jinja and check both give the same text). Beam search: a chat samples, or decodes greedily.
+What it leaves out: Jinja. A released file carries its template as a small Jinja program; this
+module takes only the default system line out of it and writes ChatML itself (the tests render the
+template with Jinja and check both give the same text). Beam search: a chat samples, or decodes
+greedily.
 """
 
 from __future__ import annotations
@@ -34,21 +36,27 @@ ROLES = ("system", "user", "assistant")
 
 
 def default_system(chat_template: str | None) -> str | None:
-    """The system message a ChatML template adds when a chat starts without one (None: it adds none)."""
+    """The system message a ChatML template adds when a chat starts without one (None: it adds
+    none)."""
     if not chat_template or IM_START not in chat_template:
-        raise SLMError("this tokenizer has no ChatML chat template (<|im_start|>role ... <|im_end|>); "
+        raise SLMError("this tokenizer has no ChatML chat template "
+                       "(<|im_start|>role ... <|im_end|>); "
                        "load an instruct model such as load_pretrained()'s SmolLM2-135M-Instruct")
     found = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", chat_template, re.DOTALL)
     return found.group(1) if found else None
 
 
 def check_messages(messages) -> list[dict[str, str]]:
-    """``messages`` as a list of {"role", "content"} dicts, or a one-line SLMError saying what is wrong."""
+    """``messages`` as a list of {"role", "content"} dicts, or a one-line SLMError saying what is
+    wrong."""
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise SLMError("a chat is a non-empty list of messages like {'role': 'user', 'content': 'Hi!'}")
+        raise SLMError("a chat is a non-empty list of messages like {'role': 'user', 'content': "
+                       "'Hi!'}")
     for m in messages:
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise SLMError(f"each message needs a role ({', '.join(ROLES)}) and a str content, got {m!r}")
+        if not (isinstance(m, dict) and m.get("role") in ROLES
+                and isinstance(m.get("content"), str)):
+            raise SLMError(f"each message needs a role ({', '.join(ROLES)}) and a str content, got "
+                           f"{m!r}")
     return list(messages)
 
 
@@ -65,7 +73,8 @@ def chat_text(messages, chat_template: str | None) -> str:
 
 
 def chat_ids(tokenizer, messages) -> list[int]:
-    """The token ids of ``chat_text``: the markers are special tokens, the messages ordinary text."""
+    """The token ids of ``chat_text``: the markers are special tokens, the messages ordinary
+    text."""
     return tokenizer.encode(chat_text(messages, tokenizer.chat_template), allowed_special="all")
 
 
@@ -73,18 +82,19 @@ def training_pair(tokenizer, messages) -> tuple[list[int], list[int]]:
     """A chat that ends with the assistant's reply, as fine-tuning data: (prompt ids, reply ids).
 
     The prompt is what the model reads at chat time (``chat_ids`` of the messages before the reply,
-    open assistant turn included); the reply is the text the model should write, then ``<|im_end|>``,
-    so that it learns to stop. Fine-tuning counts the loss on the reply's tokens only
-    (``data.ChatExamples``)."""
+    open assistant turn included); the reply is the text the model should write, then
+    ``<|im_end|>``, so that it learns to stop. Fine-tuning counts the loss on the reply's tokens
+    only (``data.ChatExamples``)."""
     *prompt, reply = check_messages(messages)
     if reply["role"] != "assistant" or not prompt:
-        raise SLMError("a training chat ends with the assistant's reply, after at least one message "
-                       "(e.g. a user's question)")
+        raise SLMError("a training chat ends with the assistant's reply, after at least one "
+                       "message (e.g. a user's question)")
     end = tokenizer.encode(IM_END, allowed_special="all")
     return chat_ids(tokenizer, prompt), tokenizer.encode(reply["content"]) + end
 
 
-def reply_stream(model, tokenizer, messages, max_new_tokens: int = 256, options: SamplingOptions | None = None, *,
+def reply_stream(model, tokenizer, messages, max_new_tokens: int = 256,
+                 options: SamplingOptions | None = None, *,
                  seed: int | None = None, **settings) -> Iterator[str]:
     """Yield the assistant's reply to ``messages``, piece by piece, until it writes ``<|im_end|>``.
 
@@ -96,13 +106,16 @@ def reply_stream(model, tokenizer, messages, max_new_tokens: int = 256, options:
     options = sampling_options(options, **settings)
     check_length(max_new_tokens)
     if options.num_beams != 1:
-        raise SLMError("a chat samples (or decodes greedily with temperature 0); num_beams must be 1")
+        raise SLMError("a chat samples (or decodes greedily with temperature 0); "
+                       "num_beams must be 1")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise SLMError(f"seed must be an integer (or None for a fresh sample each time), got {seed!r}")
+        raise SLMError("seed must be an integer (or None for a fresh sample each time), got "
+                       f"{seed!r}")
     ids = chat_ids(tokenizer, messages)
     if len(ids) + max_new_tokens > model.block_size:
-        raise SLMError(f"the chat is {len(ids):,} tokens and its reply may take {max_new_tokens:,} more, beyond the "
-                       f"model's context of {model.block_size:,}; start a new chat or ask for fewer new tokens")
+        raise SLMError(f"the chat is {len(ids):,} tokens and its reply may take "
+                       f"{max_new_tokens:,} more, beyond the model's context of "
+                       f"{model.block_size:,}; start a new chat or ask for fewer new tokens")
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -137,18 +150,22 @@ class Chat:
         self.options = sampling_options(options, **settings)
         check_length(max_new_tokens)
         self.max_new_tokens = max_new_tokens
-        default_system(tokenizer.chat_template)  # no ChatML template: say so now, not at the first message
-        self.history: list[dict[str, str]] = [] if system is None else [{"role": "system", "content": system}]
+        # no ChatML template: say so now, not at the first message
+        default_system(tokenizer.chat_template)
+        self.history: list[dict[str, str]] = ([] if system is None
+                                              else [{"role": "system", "content": system}])
 
     def send(self, message: str, options: SamplingOptions | None = None, *, seed: int | None = None,
              max_new_tokens: int | None = None) -> Iterator[str]:
-        """Stream the reply to ``message``; both join the history. Options default to the chat's own.
-        Bad input (a non-str message, a chat too long for the context) raises now, not at the first piece."""
+        """Stream the reply to ``message``; both join the history. Options default to the chat's
+        own. Bad input (a non-str message, a chat too long for the context) raises now, not at the
+        first piece."""
         if not isinstance(message, str):
             raise SLMError(f"a message must be a str, got {type(message).__name__}")
         messages = [*self.history, {"role": "user", "content": message}]
         length = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        pieces = reply_stream(self.model, self.tokenizer, messages, length, options or self.options, seed=seed)
+        pieces = reply_stream(self.model, self.tokenizer, messages, length, options or self.options,
+                              seed=seed)
         return self._recorded(messages, pieces)
 
     def _recorded(self, messages, pieces: Iterator[str]) -> Iterator[str]:

@@ -11,14 +11,16 @@ packing several short examples into one row (each row here is one example, padde
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
 from .chat import training_pair
 from .data import ChatExamples
 from .errors import SLMError
-from .lora import add_lora
+from .lora import add_lora, lora_layers
 from .tasks import TASKS, greedy_matches
 from .train import TrainConfig, Trainer
 
@@ -31,7 +33,8 @@ LORA_LR, FULL_LR = 2e-3, 5e-5
 def task_pairs(tokenizer, examples) -> list[tuple[list[int], list[int]]]:
     """A task's examples as (prompt ids, reply ids) chat pairs: one user message, the answer."""
     return [training_pair(tokenizer, [{"role": "user", "content": e.prompt},
-                                      {"role": "assistant", "content": e.answer}]) for e in examples]
+                                      {"role": "assistant", "content": e.answer}])
+            for e in examples]
 
 
 def finetune_config(full: bool = False, steps: int = 60, **changes) -> TrainConfig:
@@ -48,24 +51,28 @@ def finetune_trainer(model, tokenizer, *, task: str = "json", full: bool = False
                      alpha: float = 16.0, cfg: TrainConfig | None = None, n_train: int = 2000,
                      n_val: int = 32, out_dir: str | Path | None = None, device="cpu") -> Trainer:
     """A Trainer that fine-tunes ``model`` on ``task``'s training examples, scored on ``n_val``
-    more of them (same phrasings, other examples); with LoRA unless ``full``."""
+    more of them (same phrasings, other examples). With LoRA unless ``full``: adapters of ``rank``
+    and ``alpha`` are added, unless the model has some already (added by hand, or loaded)."""
     if task not in TASKS:
         raise SLMError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     cfg = cfg or finetune_config(full)
-    if not full:
+    if not full and not lora_layers(model):
         add_lora(model, rank=rank, alpha=alpha)
     make = TASKS[task]
-    train, val = task_pairs(tokenizer, make(n_train, "train")), task_pairs(tokenizer, make(n_val, "train", seed=1))
+    train = task_pairs(tokenizer, make(n_train, "train"))
+    val = task_pairs(tokenizer, make(n_val, "train", seed=1))
     seq_len = cfg.seq_len or max(len(p) + len(r) for p, r in train + val) - 1
     cfg = TrainConfig(**{**cfg.to_dict(), "seq_len": seq_len})
-    return Trainer(model, ChatExamples(train, seq_len, name="train"), ChatExamples(val, seq_len, name="val"),
+    return Trainer(model, ChatExamples(train, seq_len, name="train"),
+                   ChatExamples(val, seq_len, name="val"),
                    cfg, tokenizer=tokenizer, out_dir=out_dir, device=device)
 
 
 def peak_memory_mb() -> float:
     """This process's peak resident memory so far, in MB (it only grows)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+    # bytes on macOS, KiB elsewhere
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def optimizer_state_bytes(optimizer) -> int:
@@ -75,13 +82,33 @@ def optimizer_state_bytes(optimizer) -> int:
 
 
 def summary(trainer: Trainer, tokenizer, task: str = "json", n_test: int = 200) -> dict:
-    """What a fine-tuning run learned and cost: held-out exact match, parameters, memory, time."""
+    """What a fine-tuning run learned and cost: held-out exact match (None without test examples),
+    parameters, optimizer state, this process's peak memory, seconds per step."""
     model = trainer.model
     matches = greedy_matches(model, task_pairs(tokenizer, TASKS[task](n_test, "test")))
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = max(1, trainer.step)
-    return {"exact_match": sum(matches) / len(matches), "test_examples": len(matches),
+    return {"exact_match": sum(matches) / len(matches) if matches else None,
+            "test_examples": len(matches),
             "trainable_params": trained, "params": sum(p.numel() for p in model.parameters()),
             "optimizer_state_mb": optimizer_state_bytes(trainer.optimizer) / 2**20,
             "peak_memory_mb": peak_memory_mb(), "steps": trainer.step,
             "seconds_per_step": trainer.train_seconds / steps}
+
+
+def cost_in_fresh_process(full: bool, steps: int = 3, gguf: str | Path | None = None) -> dict:
+    """``summary`` of ``steps`` fine-tuning steps run in a new Python process, without a test set:
+    its peak memory is this kind's alone (a process's peak only grows, so two kinds in one process
+    would show the larger twice)."""
+    code = ("import json, sys\n"
+            "from slm_helpers.finetune import finetune_config, finetune_trainer, summary\n"
+            "from slm_helpers.pretrained import load_pretrained\n"
+            f"model, tokenizer = load_pretrained({str(gguf) if gguf else None!r})\n"
+            f"trainer = finetune_trainer(model, tokenizer, full={full}, n_val=8, "
+            f"cfg=finetune_config({full}, {steps}, eval_interval={steps}, eval_iters=1))\n"
+            "trainer.fit(progress=False)\n"
+            "print(json.dumps(summary(trainer, tokenizer, n_test=0)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SLMError(f"the fine-tuning process failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

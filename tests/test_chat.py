@@ -1,6 +1,7 @@
-"""chat.py: the ChatML text equals the file's Jinja template (and transformers' apply_chat_template), replies
-stream until <|im_end|>, a Chat keeps its history (a reply cut short included), and a chat too long for the
-context is refused before any forward pass. On a tiny random Llama (tests/tiny_gguf.py)."""
+"""chat.py: the ChatML text equals the file's Jinja template (and transformers'
+apply_chat_template), replies stream until <|im_end|>, a Chat keeps its history (a reply cut short
+included), and a chat too long for the context is refused before any forward pass. On a tiny random
+Llama (tests/tiny_gguf.py)."""
 
 import copy
 
@@ -25,24 +26,28 @@ from slm_helpers.pretrained import load_pretrained
 from slm_helpers.sampling import SamplingOptions, generate
 
 # ChatML without a default system message (as Qwen's older templates): chat_text adds none.
-PLAIN_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-                "'<|im_end|>' + '\n'}}{% endfor %}"
+PLAIN_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+                "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 CHATS = {
     "one message": [{"role": "user", "content": "What is the capital of France?"}],
-    "multi-turn": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+    "multi-turn": [{"role": "user", "content": "Hi!"},
+                   {"role": "assistant", "content": "Hello! How can I help?"},
                    {"role": "user", "content": "Name 3 colors.\nJust the names."}],
-    "own system": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hello"}],
+    "own system": [{"role": "system", "content": "You are a pirate."},
+                   {"role": "user", "content": "Hello"}],
 }
 IM_START, IM_END = 1, 2  # the tiny vocabulary's ids, as SmolLM2's
-CONTEXT = 256  # the tiny vocabulary's 200 merges make long prompts: SmolLM2's default system line is 50 tokens
+# the tiny vocabulary's 200 merges make long prompts: SmolLM2's default system line is 50 tokens
+CONTEXT = 256
 
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("chat") / "tiny.gguf"
-    return write_tiny_llama(path, tied=False, metadata={"llama.context_length": ("add_uint32", CONTEXT)}).path
+    return write_tiny_llama(path, tied=False,
+                            metadata={"llama.context_length": ("add_uint32", CONTEXT)}).path
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,8 @@ def render(template, messages):
 # ----- the prompt ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("template", [SMOLLM2_CHAT_TEMPLATE, PLAIN_CHATML], ids=["smollm2", "no-default-system"])
+@pytest.mark.parametrize("template", [SMOLLM2_CHAT_TEMPLATE, PLAIN_CHATML],
+                         ids=["smollm2", "no-default-system"])
 @pytest.mark.parametrize("name", CHATS)
 def test_chat_text_equals_the_jinja_template(template, name):
     text = chat_text(CHATS[name], template)
@@ -114,7 +120,8 @@ def test_bad_messages(messages, match):
 
 
 def scripted(monkeypatch, ids, drawn):
-    """Make reply_stream's sampler yield ``ids``, one by one, recording each token drawn and its closing."""
+    """Make reply_stream's sampler yield ``ids``, one by one, recording each token drawn and its
+    closing."""
     def token_stream(model, idx, max_new_tokens, options=None, **kwargs):
         def tokens():
             try:
@@ -134,7 +141,8 @@ def test_a_reply_stops_at_im_end(loaded, monkeypatch):
     scripted(monkeypatch, answer + [IM_END] + tokenizer.encode(" more text"), drawn)
     pieces = list(reply_stream(model, tokenizer, CHATS["one message"], 30))
     assert "".join(pieces) == "Paris, 2024." and len(pieces) > 1  # streamed, piece by piece
-    assert drawn == answer + [IM_END, "closed"]  # nothing drawn after <|im_end|>, and the sampler closed
+    # nothing drawn after <|im_end|>, and the sampler closed
+    assert drawn == answer + [IM_END, "closed"]
 
 
 def test_a_greedy_reply_is_the_greedy_continuation_until_im_end(loaded):
@@ -142,16 +150,19 @@ def test_a_greedy_reply_is_the_greedy_continuation_until_im_end(loaded):
     messages = CHATS["one message"]
     prompt = torch.tensor([chat_ids(tokenizer, messages)])
     new = generate(model, prompt, 20, temperature=0)[0, prompt.size(1):].tolist()
-    # A copy of the model whose <|im_end|> row is a little ahead of the 4th new token's row (a token not
-    # written before it): its greedy reply is the first three tokens, then <|im_end|>.
+    # A copy of the model whose <|im_end|> row is a little ahead of the 4th new token's row (a token
+    # not written before it): its greedy reply is the first three tokens, then <|im_end|>.
     at = next(i for i in range(3, 20) if new[i] not in new[:i] and new[i] != IM_END)
     ending = copy.deepcopy(model)
     with torch.no_grad():
         ending.lm_head.weight[IM_END] = 1.01 * ending.lm_head.weight[new[at]]
-    assert generate(ending, prompt, at + 1, temperature=0)[0, prompt.size(1):].tolist() == new[:at] + [IM_END]
-    assert "".join(reply_stream(ending, tokenizer, messages, 20, temperature=0)) == tokenizer.decode(new[:at])
+    stopped = generate(ending, prompt, at + 1, temperature=0)[0, prompt.size(1):].tolist()
+    assert stopped == new[:at] + [IM_END]
+    assert ("".join(reply_stream(ending, tokenizer, messages, 20, temperature=0))
+            == tokenizer.decode(new[:at]))
     if IM_END not in new:
-        assert "".join(reply_stream(model, tokenizer, messages, 20, temperature=0)) == tokenizer.decode(new)
+        assert ("".join(reply_stream(model, tokenizer, messages, 20, temperature=0))
+                == tokenizer.decode(new))
 
 
 def test_a_reply_reserves_only_its_prompt_and_new_tokens(loaded, monkeypatch):
@@ -173,7 +184,8 @@ def test_a_chat_too_long_for_the_context_is_refused_before_any_forward_pass(load
     hook = model.register_forward_hook(lambda *args: calls.append(1))
     try:
         long = [{"role": "user", "content": "word " * CONTEXT}]
-        with pytest.raises(SLMError, match=r"the chat is \d+ tokens .* beyond the model's context of 256") as e:
+        with pytest.raises(SLMError, match=r"the chat is \d+ tokens .* beyond the model's "
+                                           r"context of 256") as e:
             reply_stream(model, tokenizer, long, 10)  # raised when called, not at the first piece
         assert "\n" not in str(e.value)
         short = [{"role": "user", "content": "Hi"}]
@@ -183,7 +195,8 @@ def test_a_chat_too_long_for_the_context_is_refused_before_any_forward_pass(load
         chat = Chat(model, tokenizer, temperature=0)
         with pytest.raises(SLMError, match="beyond the model's context"):
             chat.send("word " * CONTEXT)
-        reply_stream(model, tokenizer, short, CONTEXT - length)  # the longest reply that fits is accepted
+        # the longest reply that fits is accepted
+        reply_stream(model, tokenizer, short, CONTEXT - length)
         assert chat.history == [] and calls == []
         "".join(reply_stream(model, tokenizer, short, 1, temperature=0))
         assert calls  # the hook does see forward passes
@@ -193,8 +206,10 @@ def test_a_chat_too_long_for_the_context_is_refused_before_any_forward_pass(load
 
 def test_bad_reply_settings(loaded):
     model, tokenizer = loaded
-    for kwargs, match in ((dict(num_beams=2), "num_beams must be 1"), (dict(seed=1.5), "seed must be an integer"),
-                          (dict(temperature=-1), "temperature"), (dict(colour="red"), "unknown sampling option")):
+    for kwargs, match in ((dict(num_beams=2), "num_beams must be 1"),
+                          (dict(seed=1.5), "seed must be an integer"),
+                          (dict(temperature=-1), "temperature"),
+                          (dict(colour="red"), "unknown sampling option")):
         with pytest.raises(SLMError, match=match):
             reply_stream(model, tokenizer, CHATS["one message"], 5, **kwargs)
     with pytest.raises(SLMError, match="max_new_tokens"):
@@ -213,11 +228,14 @@ def test_chat_keeps_the_history_and_sends_it_each_turn(loaded):
     chat = Chat(model, tokenizer, temperature=0, max_new_tokens=12)
     first = "".join(chat.send("Hello"))
     assert first == reply(model, tokenizer, [{"role": "user", "content": "Hello"}], temperature=0)
-    assert chat.history == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": first}]
+    assert chat.history == [{"role": "user", "content": "Hello"},
+                            {"role": "assistant", "content": first}]
     second = "".join(chat.send("And then?"))
-    assert second == reply(model, tokenizer, chat.history[:3], temperature=0)  # the whole history, sent again
+    # the whole history, sent again
+    assert second == reply(model, tokenizer, chat.history[:3], temperature=0)
     assert [m["role"] for m in chat.history] == ["user", "assistant", "user", "assistant"]
-    assert chat.history[2:] == [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": second}]
+    assert chat.history[2:] == [{"role": "user", "content": "And then?"},
+                                {"role": "assistant", "content": second}]
     chat.reset()
     assert chat.history == []
 
@@ -226,7 +244,8 @@ def test_a_chat_with_its_own_system_message(loaded):
     model, tokenizer = loaded
     chat = Chat(model, tokenizer, system="Answer in French.", temperature=0, max_new_tokens=8)
     answer = "".join(chat.send("Hello"))
-    expected = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}]
+    expected = [{"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "Hello"}]
     assert answer == reply(model, tokenizer, expected, 8, temperature=0)
     assert chat.history == [*expected, {"role": "assistant", "content": answer}]
     chat.reset()
@@ -241,12 +260,14 @@ def test_a_reply_cut_short_stays_in_the_history(loaded):
     got = next(pieces) + next(pieces)
     assert full.startswith(got) and len(got) < len(full)
     pieces.close()  # the reader stops reading
-    assert chat.history == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": got}]
+    assert chat.history == [{"role": "user", "content": "Hello"},
+                            {"role": "assistant", "content": got}]
     pieces = chat.send("Again")
     got = next(pieces)
     with pytest.raises(KeyboardInterrupt):
         pieces.throw(KeyboardInterrupt)  # Ctrl-C while a reply is written
-    assert chat.history[-2:] == [{"role": "user", "content": "Again"}, {"role": "assistant", "content": got}]
+    assert chat.history[-2:] == [{"role": "user", "content": "Again"},
+                                 {"role": "assistant", "content": got}]
 
 
 def test_sampled_replies_follow_the_chat_options_and_the_seed(loaded):
@@ -254,12 +275,15 @@ def test_sampled_replies_follow_the_chat_options_and_the_seed(loaded):
     settings = dict(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.3)
     chat = Chat(model, tokenizer, max_new_tokens=10, **settings)
     first = "".join(chat.send("Hello", seed=7))
-    assert first == reply(model, tokenizer, [{"role": "user", "content": "Hello"}], 10, seed=7, **settings)
+    assert first == reply(model, tokenizer, [{"role": "user", "content": "Hello"}], 10, seed=7,
+                          **settings)
     chat.reset()
     assert "".join(chat.send("Hello", seed=7)) == first
     chat.reset()
-    greedy = "".join(chat.send("Hello", SamplingOptions(temperature=0), seed=7))  # options for one message
-    assert greedy == reply(model, tokenizer, [{"role": "user", "content": "Hello"}], 10, temperature=0)
+    # options for one message
+    greedy = "".join(chat.send("Hello", SamplingOptions(temperature=0), seed=7))
+    assert greedy == reply(model, tokenizer, [{"role": "user", "content": "Hello"}], 10,
+                           temperature=0)
 
 
 def test_chat_refuses_bad_input_at_once(loaded):
@@ -278,12 +302,14 @@ def test_chat_refuses_bad_input_at_once(loaded):
 
 def test_a_training_pair_is_the_chat_as_the_model_reads_it(loaded):
     _, tokenizer = loaded
-    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    messages = [{"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."}]
     prompt, reply = training_pair(tokenizer, messages)
     assert prompt == chat_ids(tokenizer, messages[:1])  # what the model reads at chat time
     whole = chat_text(messages[:1], tokenizer.chat_template) + "Blue.<|im_end|>"
     assert prompt + reply == tokenizer.encode(whole, allowed_special="all")
-    assert tokenizer.decode(reply) == "Blue.<|im_end|>"  # the reply, and the end marker that stops it
+    # the reply, and the end marker that stops it
+    assert tokenizer.decode(reply) == "Blue.<|im_end|>"
     for bad in (messages[:1], messages[1:], [*messages, {"role": "user", "content": "And?"}]):
         with pytest.raises(SLMError, match="ends with the assistant's reply"):
             training_pair(tokenizer, bad)

@@ -1,5 +1,5 @@
-"""Lesson 13's fine-tuning, end to end on a tiny random Llama GGUF (no download): the loss counts the
-reply only, LoRA lowers it, the command line resumes bit for bit, adapters load for chat."""
+"""Lesson 13's fine-tuning, end to end on a tiny random Llama GGUF (no download): the loss counts
+the reply only, LoRA lowers it, the command line resumes bit for bit, adapters load for chat."""
 
 import json
 
@@ -11,7 +11,12 @@ import slm_helpers.train
 from slm_helpers.chat import Chat, training_pair
 from slm_helpers.cli import main
 from slm_helpers.data import IGNORE_INDEX, ChatExamples
-from slm_helpers.finetune import finetune_config, finetune_trainer, task_pairs
+from slm_helpers.finetune import (
+    cost_in_fresh_process,
+    finetune_config,
+    finetune_trainer,
+    task_pairs,
+)
 from slm_helpers.lora import add_lora, load_adapter, lora_layers, save_adapter
 from slm_helpers.model import GPT, GPTConfig
 from slm_helpers.pretrained import load_pretrained
@@ -33,27 +38,34 @@ def _run(capsys, *argv):
 
 def test_the_loss_counts_the_reply_and_its_end_marker_only(tiny):
     _, tokenizer = load_pretrained(tiny)
-    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, of course."}]
+    messages = [{"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue, of course."}]
     prompt, reply = training_pair(tokenizer, messages)
-    x, y = ChatExamples([(prompt, reply)], seq_len=len(prompt) + len(reply) + 3).batch(torch.tensor([0]))
+    x, y = ChatExamples([(prompt, reply)],
+                        seq_len=len(prompt) + len(reply) + 3).batch(torch.tensor([0]))
     counted = y[0][y[0] != IGNORE_INDEX].tolist()
-    assert tokenizer.decode(counted) == "Blue, of course.<|im_end|>"  # exactly the reply, then its end
+    # exactly the reply, then its end
+    assert tokenizer.decode(counted) == "Blue, of course.<|im_end|>"
     first = (y[0] != IGNORE_INDEX).nonzero()[0].item()
-    assert x[0, first].item() == prompt[-1]  # the reply's first token is predicted from the prompt's last
+    # the reply's first token is predicted from the prompt's last
+    assert x[0, first].item() == prompt[-1]
 
 
 def test_a_few_lora_steps_lower_the_training_loss(tiny):
     torch.manual_seed(0)
     model, tokenizer = load_pretrained(tiny)
-    cfg = finetune_config(steps=12, eval_interval=12, eval_iters=2, batch_size=4, learning_rate=1e-2)
+    cfg = finetune_config(steps=12, eval_interval=12, eval_iters=2, batch_size=4,
+                          learning_rate=1e-2)
     trainer = finetune_trainer(model, tokenizer, n_train=64, n_val=8, cfg=cfg)
-    assert trainer.seq_len == max(len(p) + len(r) for p, r in task_pairs(tokenizer, json_extraction(64))) - 1
+    pairs = task_pairs(tokenizer, json_extraction(64))
+    assert trainer.seq_len == max(len(p) + len(r) for p, r in pairs) - 1
     history = trainer.fit(progress=False)
     assert history[-1]["train"] < 0.8 * history[0]["train"]
     assert all(p.requires_grad == ("lora_" in name) for name, p in model.named_parameters())
 
 
-def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path, capsys, monkeypatch):
+def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path, capsys,
+                                                                 monkeypatch):
     args = ["finetune", "--gguf", tiny, "--steps", 8, "--test-examples", 4, "--device", "cpu"]
     rc, out, err = _run(capsys, *args, "--out", tmp_path / "straight")
     assert rc == 0, err
@@ -64,7 +76,8 @@ def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path,
     calls = {"n": 0}
     train_step = slm_helpers.train.Trainer.train_step
 
-    def interrupted(self):  # Ctrl-C during step 6, after the checkpoints of steps 2 and 4 (eval_interval 2)
+    # Ctrl-C during step 6, after the checkpoints of steps 2 and 4 (eval_interval 2)
+    def interrupted(self):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
@@ -84,7 +97,8 @@ def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path,
     rc, _, err = _run(capsys, *args, "--out", tmp_path / "stopped", "--resume")
     assert rc == 0, err
     assert calls["n"] == 4  # steps 5 to 8: it went on from the checkpoint of step 4
-    straight, resumed = (torch.load(tmp_path / run / "adapter.pt") for run in ("straight", "stopped"))
+    straight, resumed = (torch.load(tmp_path / run / "adapter.pt")
+                         for run in ("straight", "stopped"))
     assert straight["lora"].keys() == resumed["lora"].keys()
     assert all(torch.equal(straight["lora"][k], resumed["lora"][k]) for k in straight["lora"])
 
@@ -94,7 +108,8 @@ def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path,
     expected = "".join(Chat(model, tokenizer, max_new_tokens=6, temperature=0).send("Hi"))
     base, _ = load_pretrained(tiny)
     assert "".join(Chat(base, tokenizer, max_new_tokens=6, temperature=0).send("Hi")) != expected
-    rc, out, err = _run(capsys, "chat", "--gguf", tiny, "--adapter", tmp_path / "straight" / "adapter.pt",
+    rc, out, err = _run(capsys, "chat", "--gguf", tiny, "--adapter",
+                        tmp_path / "straight" / "adapter.pt",
                         "--prompt", "Hi", "--temperature", 0, "--max-new-tokens", 6)
     assert rc == 0 and out == expected + "\n", err
     assert len(lora_layers(model)) == 2 * model.config.n_layer
@@ -109,18 +124,34 @@ def _assert_one_line_error(rc, err, *fragments):
 
 def test_bad_input_is_one_line(tiny, tmp_path, capsys):
     for rank in (0, -2):
-        _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "r", "--rank", rank)[::2],
+        _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "r",
+                                     "--rank", rank)[::2],
                                "rank must be an integer >= 1")
-    _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "t", "--task", "poems")[::2],
+    _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "t",
+                                 "--task", "poems")[::2],
                            "unknown --task 'poems'")
-    _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "n", "--resume")[::2],
+    _assert_one_line_error(*_run(capsys, "finetune", "--gguf", tiny, "--out", tmp_path / "n",
+                                 "--resume")[::2],
                            "nothing to resume")
     model, _ = load_pretrained(tiny)
     wider = GPT(GPTConfig(**{**model.config.to_dict(), "n_embd": 2 * model.config.n_embd}))
     add_lora(wider)
     save_adapter(wider, tmp_path / "wider.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not an adapter at all")
-    for bad, fragment in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "wider.pt", "another shape"),
+    for bad, fragment in ((tmp_path / "missing.pt", "does not exist"),
+                          (tmp_path / "wider.pt", "another shape"),
                           (tmp_path / "garbage.pt", "truncated or not an adapter")):
-        _assert_one_line_error(*_run(capsys, "chat", "--gguf", tiny, "--adapter", bad, "--prompt", "Hi")[::2],
+        _assert_one_line_error(*_run(capsys, "chat", "--gguf", tiny, "--adapter", bad, "--prompt",
+                                     "Hi")[::2],
                                fragment)
+
+
+def test_each_kind_is_measured_in_a_process_of_its_own(tiny):
+    lora, full = (cost_in_fresh_process(kind, steps=2, gguf=tiny) for kind in (False, True))
+    assert lora["steps"] == full["steps"] == 2 and lora["exact_match"] is None
+    assert (full["trainable_params"] == full["params"]
+            and lora["trainable_params"] < full["params"] / 10)
+    # AdamW keeps two float32 moments per trained number
+    assert (full["optimizer_state_mb"] * 2**20 >= 2 * 4 * full["params"]
+            > lora["optimizer_state_mb"] * 2**20)
+    assert 0 < lora["peak_memory_mb"] < full["peak_memory_mb"]

@@ -1,4 +1,5 @@
-"""Float16 weights for decoding on a CPU: the same model as float16-rounded float32 weights, in half the bytes."""
+"""Float16 weights for decoding on a CPU: the same model as float16-rounded float32 weights, in half
+the bytes."""
 
 import copy
 
@@ -16,8 +17,9 @@ from slm_helpers.sampling import generate
 def models():
     """A small Llama-shaped GPT (tied head, grouped-query attention) and its float16 twin."""
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, dropout=0.0,
-                       bias=False, norm="rmsnorm", position="rope", mlp="swiglu", tie_embeddings=True)
+    config = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                       dropout=0.0, bias=False, norm="rmsnorm", position="rope", mlp="swiglu",
+                       tie_embeddings=True)
     model = GPT(config).eval()
     return model, half_weights(copy.deepcopy(model))
 
@@ -36,9 +38,11 @@ def test_every_linear_is_replaced_and_frozen(models):
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert linears and all(isinstance(half.get_submodule(name), HalfLinear) for name in linears)
     assert all(half.get_submodule(name).weight.dtype == torch.float16 for name in linears)
-    # Only the embedding and the norms are parameters still, in float32; the Linears' weights are buffers.
+    # Only the embedding and the norms are parameters still, in float32; the Linears' weights are
+    # buffers.
     assert {p.dtype for p in half.parameters()} == {torch.float32}
-    assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in model.parameters()) // 4
+    assert (sum(p.numel() for p in half.parameters())
+            < sum(p.numel() for p in model.parameters()) // 4)
     assert half.transformer.wte.weight.dtype == torch.float32
     assert all(layer.k.dtype == torch.float32 for layer in half.new_cache(1, reserve=4))
 
@@ -63,7 +67,8 @@ def test_cached_decoding_stays_close_to_float32(models):
     prompt = torch.randint(0, 50, (1, 5))
     torch.manual_seed(1)
     ours = generate(half, prompt, 20, temperature=0)
-    assert torch.equal(ours, generate(rounded(model), prompt, 20, temperature=0))  # the same greedy tokens
+    # the same greedy tokens
+    assert torch.equal(ours, generate(rounded(model), prompt, 20, temperature=0))
     cache, ref_cache = half.new_cache(1), model.new_cache(1)
     half(prompt, cache=cache), model(prompt, cache=ref_cache)
     step = torch.tensor([[7]])
