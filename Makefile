@@ -37,9 +37,10 @@ lab: $(STAMP)
 
 test: lint lint-ci test-unit test-notebooks test-browser
 
-# ruff: pyflakes, pycodestyle and import order over the package and the tests (settings in pyproject.toml).
+# ruff: pyflakes, pycodestyle and import order over the package, the tests and the notebooks' code
+# (settings in pyproject.toml, lines of at most 100 characters).
 lint: $(STAMP)
-	$(BIN)/ruff check slm_helpers tests
+	$(BIN)/ruff check slm_helpers tests notebooks
 
 # actionlint checks .github/workflows/ (and, when shellcheck is installed, the shell of its run: steps;
 # GitHub's runners have it, elsewhere apt-get install shellcheck). It is installed here, not in the dev

@@ -43,7 +43,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 def read_state(path: str | Path, what: str, keys: tuple[str, ...], map_location="cpu") -> dict:
     """The dict saved in ``path`` (a ``what``: checkpoint, adapter) that must hold ``keys``; a
     missing, unreadable, truncated or foreign file is one clear error."""
-    path = Path(path)
+    path, a = Path(path), "an" if what[0] in "aeiou" else "a"
     if not path.is_file():
         raise SLMError(f"{what} {path} does not exist; train first or check the path")
     try:
@@ -52,10 +52,10 @@ def read_state(path: str | Path, what: str, keys: tuple[str, ...], map_location=
         raise SLMError(f"cannot read {what} {path}: permission denied") from None
     # garbage bytes fail in many ways (UnpicklingError, KeyError, struct.error, ...)
     except Exception as err:
-        raise SLMError(f"{what} {path} is truncated or not a {what} ({type(err).__name__}); "
+        raise SLMError(f"{what} {path} is truncated or not {a} {what} ({type(err).__name__}); "
                        f"use another one or train again") from None
     if not isinstance(state, dict) or any(key not in state for key in keys):
-        raise SLMError(f"{path} is not a {what} of this course (expected keys {', '.join(keys)})")
+        raise SLMError(f"{path} is not {a} {what} of this course (expected keys {', '.join(keys)})")
     return state
 
 

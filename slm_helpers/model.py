@@ -138,8 +138,8 @@ def masked_attention(q, k, v, mask, dropout: nn.Module | None = None):
     ``mask`` (Tq, Tk) says which keys each query may see. There may be fewer queries than keys
     (generation with a KV cache): the queries are then the last positions.
     """
-    # (..., Tq, Tk); 1/sqrt(d) keeps softmax from saturating
-    scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
+    # dividing by sqrt(d) keeps the scores' spread near 1, so softmax does not saturate
+    scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (..., Tq, Tk)
     weights = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return (dropout(weights) if dropout is not None else weights) @ v, weights
 

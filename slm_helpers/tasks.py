@@ -34,17 +34,30 @@ FIRST_NAMES = ["Maria", "James", "Aiko", "Lukas", "Fatima", "Diego", "Ingrid", "
                "Tomasz", "Priya", "Oliver", "Sofia", "Mateo", "Hannah", "Yusuf", "Clara", "Ravi",
                "Noor", "Felix", "Amara", "Jonas", "Leila", "Marco", "Anya", "Samuel", "Mei",
                "Pablo", "Zara", "Henrik", "Chloe", "Tariq", "Ines", "Viktor", "Grace", "Emeka",
-               "Lucia", "Arjun", "Freya", "Hugo"]
+               "Lucia", "Arjun", "Freya", "Hugo", "Nadia", "Carlos", "Astrid", "Kenji", "Rosa",
+               "Omar", "Greta", "Malik", "Julia", "Dmitri", "Ayesha", "Thomas", "Lena", "Rafael",
+               "Keiko", "Bruno", "Selin", "Patrick", "Alma", "Ivan", "Nina", "Chidi", "Sara",
+               "Mikael", "Rania", "Luis", "Hana", "Stefan", "Ada", "Kofi", "Vera", "Niko",
+               "Isabel", "Ahmed", "Eva", "Tobias", "Yara", "Daniel", "Mina", "Jakob", "Wanjiru",
+               "Paolo"]
 SURNAMES = ["Lopez", "Okafor", "Tanaka", "Schmidt", "Haddad", "Novak", "Larsen", "Mensah",
             "Rossi", "Kowalski", "Sharma", "Bennett", "Costa", "Moreau", "Fischer", "Yilmaz",
             "Dubois", "Nair", "Kim", "Walsh", "Silva", "Berg", "Hassan", "Romano", "Petrov",
             "Adeyemi", "Chen", "Garcia", "Ali", "Lindqvist", "Martin", "Khan", "Ferreira",
-            "Ivanova", "Murphy", "Eze", "Torres", "Patel", "Olsen", "Laurent"]
+            "Ivanova", "Murphy", "Eze", "Torres", "Patel", "Olsen", "Laurent", "Nguyen", "Weber",
+            "Sato", "Rahman", "Jensen", "Morales", "Wojcik", "Brennan", "Abdi", "Kaya",
+            "Fontaine", "Varga", "Osei", "Mendes", "Horvat", "Ishikawa", "Quinn", "Salazar",
+            "Dahl", "Popescu", "Mwangi", "Keller", "Barros", "Lund", "Castillo", "Suzuki",
+            "Byrne", "Farah", "Novotny", "Ortega", "Hughes", "Bakker", "Rizzo", "Svensson",
+            "Akhtar", "Kovacs", "Duarte", "Yamada", "Ndiaye", "Richter"]
 CITIES = ["Lyon", "Osaka", "Porto", "Leeds", "Krakow", "Austin", "Nairobi", "Bergen", "Turin",
           "Quebec", "Seville", "Dresden", "Accra", "Perth", "Utrecht", "Denver", "Hanoi", "Graz",
           "Cusco", "Malmo", "Geneva", "Lagos", "Bilbao", "Tampere", "Calgary", "Valencia",
           "Kyoto", "Cork", "Brno", "Adelaide", "Bologna", "Dakar", "Ghent", "Tucson", "Lille",
-          "Pune", "Salzburg", "Riga", "Halifax", "Cordoba"]
+          "Pune", "Salzburg", "Riga", "Halifax", "Cordoba", "Nantes", "Sapporo", "Leipzig",
+          "Mombasa", "Aarhus", "Genoa", "Boston", "Busan", "Tartu", "Antwerp", "Granada",
+          "Kumasi", "Oslo", "Mysore", "Zurich", "Tallinn", "Vilnius", "Toulouse", "Bristol",
+          "Hamburg"]
 JOBS = ["nurse", "teacher", "architect", "baker", "pilot", "engineer", "librarian", "plumber",
         "chef", "dentist", "journalist", "electrician", "accountant", "gardener", "pharmacist",
         "translator", "carpenter", "veterinarian", "photographer", "mechanic", "lawyer", "farmer",

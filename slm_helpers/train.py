@@ -409,7 +409,7 @@ def _seq_len(model: nn.Module, cfg: TrainConfig) -> int:
     """Tokens per training sequence: ``cfg.seq_len``, or the model's ``block_size``; longer only for
     models whose attention slides past it (RoPE)."""
     seq_len = cfg.seq_len or model.block_size
-    if seq_len > model.block_size and not getattr(model, "slides", False):
+    if seq_len > model.block_size and not getattr(model, "reads_past_context", False):
         raise SLMError(f"train.seq_len ({seq_len}) is longer than the model's block_size "
                        f"({model.block_size}), "
                        "which has no positions past it; use a smaller seq_len or a larger "

@@ -38,7 +38,7 @@ def _browser_tests(tmp_path, *, require: bool, chromium: str, no_playwright: boo
 def test_a_missing_chromium_skips_on_a_laptop_with_a_clear_line(tmp_path):
     result = _browser_tests(tmp_path, require=False, chromium=str(tmp_path / "no-chromium"))
     assert result.returncode == 0, result.stdout[-2000:]
-    assert "2 skipped" in result.stdout and "is not an executable" in result.stdout
+    assert "3 skipped" in result.stdout and "is not an executable" in result.stdout
 
 
 @pytest.mark.parametrize("missing", ["chromium", "playwright"])
@@ -48,7 +48,7 @@ def test_ci_fails_when_the_browser_tests_cannot_run(tmp_path, missing):
     result = _browser_tests(tmp_path, require=True, chromium=chromium,
                             no_playwright=missing == "playwright")
     assert result.returncode == 1, result.stdout[-2000:]
-    assert "skipped" not in result.stdout and "2 errors" in result.stdout
+    assert "skipped" not in result.stdout and "3 errors" in result.stdout
     assert "SLM_REQUIRE_BROWSER is set: the browser tests must run here" in result.stdout
     assert ("no playwright here" if missing == "playwright"
             else "is not an executable") in result.stdout

