@@ -197,15 +197,13 @@ class Trainer:
         self.model = model.to(self.device)
         self.seq_len = _seq_len(model, cfg)
         self.splits = {"train": train_data, "val": val_data}
-        self.sources = {name: as_source(data, self.seq_len, name) for name,
-                        data in self.splits.items()}
-        # the preset and data it trains on, when config.build_trainer made it
-        self.run: dict | None = None
+        self.sources = {name: as_source(data, self.seq_len, name)
+                        for name, data in self.splits.items()}
+        self.run: dict | None = None  # the preset and data, when config.build_trainer made it
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
-        # this process's share of each step
-        self.micro_steps = _micro_steps(cfg.grad_accum, self.world_size)
+        self.micro_steps = _micro_steps(cfg.grad_accum, self.world_size)  # this process's share
         self.amp = MixedPrecision(cfg.dtype, self.device)
         if self.amp.note and self.is_main:
             print(f"note: {self.amp.note}")
@@ -213,8 +211,7 @@ class Trainer:
         self.train_model = self._train_model()
         self.batches = torch.Generator().manual_seed(cfg.seed)  # which examples training sees
         self.progress = Progress()
-        # of the last step, before clipping (None without clipping)
-        self.grad_norm: float | None = None
+        self.grad_norm: float | None = None  # of the last step, before clipping (None: no clipping)
         self.speed = Throughput(model, self.device, self.tokens_per_step, self.world_size,
                                 self.seq_len)
         self.metrics = self._metrics_log()
