@@ -69,10 +69,18 @@ def finetune_trainer(model, tokenizer, *, task: str = "json", full: bool = False
 
 
 def peak_memory_mb() -> float:
-    """This process's peak resident memory so far, in MB (it only grows)."""
+    """This process's peak resident memory so far, in MB (it only grows).
+
+    On Linux it is VmHWM, the high-water mark of this program's own memory: ``ru_maxrss`` would do
+    too, except that a process started from a big one (a notebook's kernel) inherits the parent's
+    peak through fork and exec, and would report that instead of its own."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # bytes on macOS, KiB elsewhere
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
 
 
 def optimizer_state_bytes(optimizer) -> int:
