@@ -104,7 +104,8 @@ def summary(trainer: Trainer, tokenizer, task: str = "json", n_test: int = 200) 
             "seconds_per_step": trainer.train_seconds / steps}
 
 
-def cost_in_fresh_process(full: bool, steps: int = 3, gguf: str | Path | None = None) -> dict:
+def cost_in_fresh_process(full: bool, steps: int = 3, gguf: str | Path | None = None,
+                          batch_size: int = 8) -> dict:
     """``summary`` of ``steps`` fine-tuning steps run in a new Python process, without a test set:
     its peak memory is this kind's alone (a process's peak only grows, so two kinds in one process
     would show the larger twice)."""
@@ -113,7 +114,8 @@ def cost_in_fresh_process(full: bool, steps: int = 3, gguf: str | Path | None = 
             "from slm_helpers.pretrained import load_pretrained\n"
             f"model, tokenizer = load_pretrained({str(gguf) if gguf else None!r})\n"
             f"trainer = finetune_trainer(model, tokenizer, full={full}, n_val=8, "
-            f"cfg=finetune_config({full}, {steps}, eval_interval={steps}, eval_iters=1))\n"
+            f"cfg=finetune_config({full}, {steps}, eval_interval={steps}, eval_iters=1, "
+            f"batch_size={batch_size}))\n"
             "trainer.fit(progress=False)\n"
             "print(json.dumps(summary(trainer, tokenizer, n_test=0)))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
