@@ -11,6 +11,7 @@ packing several short examples into one row (each row here is one example, padde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import subprocess
@@ -62,7 +63,7 @@ def finetune_trainer(model, tokenizer, *, task: str = "json", full: bool = False
     train = task_pairs(tokenizer, make(n_train, "train"))
     val = task_pairs(tokenizer, make(n_val, "train", seed=1))
     seq_len = cfg.seq_len or max(len(p) + len(r) for p, r in train + val) - 1
-    cfg = TrainConfig(**{**cfg.to_dict(), "seq_len": seq_len})
+    cfg = dataclasses.replace(cfg, seq_len=seq_len)
     return Trainer(model, ChatExamples(train, seq_len, name="train"),
                    ChatExamples(val, seq_len, name="val"),
                    cfg, tokenizer=tokenizer, out_dir=out_dir, device=device)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import IGNORE_INDEX, ChatExamples
 from .errors import SLMError
 from .utils import eval_mode
 
@@ -125,18 +126,16 @@ def greedy_matches(model, pairs, batch_size: int = 8, pad_id: int = 0) -> list[b
 
     It would if, and only if, every token of the reply is the most likely one given the tokens
     before it. So one forward pass over prompt + reply ("teacher forcing") decides it, for a whole
-    batch at once, where decoding writes one token per pass. Rows are padded at the end, which a
-    causal model never looks at.
+    batch at once, where decoding writes one token per pass. The rows are ``data.ChatExamples``'
+    (padded at the end, which a causal model never looks at; targets -100 outside the replies).
     """
     device = next(model.parameters()).device
     verdicts = []
     with eval_mode(model):
         for start in range(0, len(pairs), batch_size):
-            chunk = [(list(p), list(r)) for p, r in pairs[start:start + batch_size]]
-            x = torch.full((len(chunk), max(len(p) + len(r) for p, r in chunk) - 1), pad_id)
-            for row, (prompt, reply) in enumerate(chunk):
-                x[row, :len(prompt) + len(reply) - 1] = torch.tensor((prompt + reply)[:-1])
-            best = model(x.to(device))[0].argmax(dim=-1).cpu()  # (B, T): each greedy choice
-            verdicts += [best[row, len(p) - 1:len(p) - 1 + len(r)].tolist() == r
-                         for row, (p, r) in enumerate(chunk)]
+            chunk = pairs[start:start + batch_size]
+            rows = ChatExamples(chunk, max(len(p) + len(r) for p, r in chunk) - 1, pad_id=pad_id)
+            x, y = rows.batch(torch.arange(len(chunk)), device)  # y: the replies, -100 elsewhere
+            best = model(x)[0].argmax(dim=-1)  # (B, T): each greedy choice
+            verdicts += ((best == y) | (y == IGNORE_INDEX)).all(dim=1).tolist()
     return verdicts

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from test_chat_cli import _assert_one_line_error
 from tiny_gguf import write_tiny_llama
 
 import slm_helpers.train
@@ -113,13 +114,6 @@ def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path,
                         "--prompt", "Hi", "--temperature", 0, "--max-new-tokens", 6)
     assert rc == 0 and out == expected + "\n", err
     assert len(lora_layers(model)) == 2 * model.config.n_layer
-
-
-def _assert_one_line_error(rc, err, *fragments):
-    assert rc == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def test_bad_input_is_one_line(tiny, tmp_path, capsys):
