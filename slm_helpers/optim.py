@@ -166,7 +166,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig,
     New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
     ``muon_lr``, the embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
     Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them
-    together."""
+    together. ``optimizer`` "adamw-groups" builds the same groups with AdamW at ``learning_rate`` for
+    the block matrices: Muon against AdamW with everything else equal."""
     kinds = param_kinds(model)
     if cfg.optimizer == "adamw":
         decayed = _in_model_order(model, kinds, "embedding", "hidden", "matrix")
@@ -176,11 +177,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig,
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                                  eps=cfg.adam_eps,
                                  fused=device.type == "cuda")
-    if cfg.optimizer != "muon":
-        raise SLMError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
+    if cfg.optimizer not in ("muon", "adamw-groups"):
+        raise SLMError(f"unknown optimizer {cfg.optimizer!r}; choose adamw, muon or adamw-groups")
+    muon = cfg.optimizer == "muon"
     embedding_scale = (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate
     groups = [
-        {"params": kinds["hidden"], "muon": True, "lr_scale": cfg.muon_lr / cfg.learning_rate},
+        {"params": kinds["hidden"], "muon": muon,
+         "lr_scale": cfg.muon_lr / cfg.learning_rate if muon else 1.0},
         {"params": kinds["embedding"], "lr_scale": embedding_scale,
          "weight_decay": cfg.weight_decay},
         {"params": kinds["matrix"], "weight_decay": cfg.weight_decay},

@@ -51,7 +51,7 @@ from .precision import DTYPES, MixedPrecision, autocast_dtype
 # the last four live in metrics, evaluate, optim and precision; here for old imports
 __all__ = ["TrainConfig", "Trainer", "Progress", "lr_at", "describe", "estimate_loss",
            "make_optimizer", "autocast_dtype"]
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "adamw-groups")
 SCHEDULES = ("cosine", "wsd")
 
 
@@ -84,7 +84,9 @@ class TrainConfig:
     wandb_project: str = "build-a-gpt"
     seed: int = 1337
     # New (lesson 11): the fast recipe.
-    # "muon": Muon for the blocks' weight matrices, AdamW (as below) for the rest
+    # "muon": Muon for the blocks' weight matrices, AdamW (as below) for the rest; "adamw-groups":
+    # muon's groups and rates with AdamW at learning_rate for those matrices (lesson 11's ablation:
+    # only the matrices' optimizer changes)
     optimizer: str = "adamw"
     # Muon's peak learning rate; the schedule scales it as it scales learning_rate
     muon_lr: float = 0.02

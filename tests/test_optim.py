@@ -72,6 +72,14 @@ def test_orthogonalize_is_close_to_u_vt(shape):
     assert torch.allclose(orthogonalize(g * 1000), o, atol=1e-5)
 
 
+def test_orthogonalize_of_a_zero_gradient_is_zero():
+    """Zero-init gives every matrix but the head a zero gradient on step 1; dividing by its norm
+    without a floor would make NaN (0 / 0) and spread it through the weights."""
+    for shape in ((8, 4), (4, 8)):
+        o = orthogonalize(torch.zeros(*shape))
+        assert torch.isfinite(o).all() and (o == 0).all()
+
+
 def step_together(a, b, ours, theirs, steps=5, before=lambda: None):
     """``steps`` steps of optimizers ``a`` (on ``ours``) and ``b`` (on ``theirs``) with the same
     random gradients."""
@@ -173,6 +181,34 @@ def test_make_optimizer_for_muon():
                   for p in g["params"]) == sorted(map(id, tied_model.parameters()))
     (shared,) = [g for g in tied.param_groups if id(tied_model.lm_head.weight) in ids(g)]
     assert shared["lr_scale"] == pytest.approx(0.05 / 0.008) and not shared["muon"]
+
+
+def test_adamw_groups_change_only_the_block_matrices_optimizer():
+    """Lesson 11's ablation of Muon: the same groups and rates as "muon", but the block matrices
+    get AdamW at learning_rate; their updates are torch.optim.AdamW's with the same settings."""
+    kw = dict(muon_lr=0.03, learning_rate=0.008, embedding_lr=0.05, max_iters=20, warmup_iters=4,
+              batch_size=2, eval_iters=1, weight_decay=0.1, beta1=0.8, beta2=0.95, adam_eps=1e-10)
+    torch.manual_seed(0)
+    model = GPT(config(**MODERN))
+    groups = make_optimizer(model, TrainConfig(optimizer="adamw-groups", **kw),
+                            torch.device("cpu")).param_groups
+    reference = make_optimizer(model, TrainConfig(optimizer="muon", **kw),
+                               torch.device("cpu")).param_groups
+    assert [[id(p) for p in g["params"]] for g in groups] == [[id(p) for p in g["params"]]
+                                                              for g in reference]
+    assert not any(g["muon"] for g in groups)
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0] + [g.get("lr_scale", 1.0)
+                                                              for g in reference[1:]]
+    # one step on the block matrices, against torch's AdamW
+    hidden = groups[0]["params"]
+    theirs = [nn.Parameter(p.detach().clone()) for p in hidden]
+    ours_opt = MuonAdamW([{"params": hidden, "muon": groups[0]["muon"]}], lr=0.008,
+                         betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+    torch_opt = torch.optim.AdamW(theirs, lr=0.008, betas=(0.8, 0.95), eps=1e-10,
+                                  weight_decay=0.1)
+    step_together(ours_opt, torch_opt, hidden, theirs)
+    for p, q in zip(hidden, theirs):
+        assert torch.allclose(p, q, atol=1e-6)
 
 
 # ----------------------------------------------------------------
