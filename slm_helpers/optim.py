@@ -166,8 +166,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig,
     New (lesson 11): with ``optimizer`` "muon", the weight matrices inside the blocks get Muon at
     ``muon_lr``, the embeddings AdamW at ``embedding_lr`` and the rest AdamW at ``learning_rate``.
     Each group's ``lr_scale`` is its peak rate over ``learning_rate``: the schedule scales them
-    together. ``optimizer`` "adamw-groups" builds the same groups with AdamW at ``learning_rate`` for
-    the block matrices: Muon against AdamW with everything else equal."""
+    together. ``optimizer`` "adamw-groups" builds the same groups with AdamW at ``learning_rate``
+    for the block matrices: Muon against AdamW with everything else equal."""
     kinds = param_kinds(model)
     if cfg.optimizer == "adamw":
         decayed = _in_model_order(model, kinds, "embedding", "hidden", "matrix")

@@ -12,18 +12,28 @@ gradients clipped at 1.0, built from the course's own GPT and Trainer.
 spaced moments; the scoring is not counted in the time, so every run gets the same seconds of
 training.
 
-What it leaves out: repeats. One run per recipe is noisy (a different seed moves the final loss by
-about 0.01 here); differences smaller than that are not findings.
+``read_difference`` reads two runs against their noise, by one rule for every row of an ablation:
+a difference no larger than the spread of repeated runs (different seeds) plus what their different
+step counts alone would explain is "not distinguishable here". On a shared machine equal-cost runs
+get different numbers of steps in the same seconds, and one more step still lowers the loss at the
+end of a short run; ``loss_per_step`` estimates by how much.
+
+What it leaves out: the speedrun's own standard. modded-nanoGPT's records are the time to reach a
+target validation loss (3.28 on FineWeb), averaged over many runs with different seeds, with a
+statistical test that the runs really reach the target; a few seeds at a fixed time, as here, can
+only say which differences are too small to tell apart.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import RunConfig, build_trainer
 from .device import seed_everything
+from .errors import SLMError
 from .evaluate import split_loss
 from .model import GPTConfig
 from .train import TrainConfig, Trainer
@@ -88,3 +98,38 @@ def race(run: RunConfig, *, evaluations: int = 20, val_tokens: int | None = None
         if progress() >= (len(curve) + 1) / evaluations or progress() >= 1:
             score()
     return Race(run.name, curve, trainer.step, first_step, trainer)
+
+
+NOT_DISTINGUISHABLE = "not distinguishable here"
+
+
+def loss_per_step(result: Race) -> float:
+    """By how much one more step still lowered ``result``'s validation loss at the end of its run:
+    the fall between its last two evaluations per second, times its seconds per step (at least 0).
+    With a single evaluation there is no slope to read: infinity, so nothing is told apart."""
+    if len(result.curve) < 2:
+        return math.inf
+    (s0, loss0), (s1, loss1) = result.curve[-2:]
+    return max(0.0, (loss0 - loss1) / (s1 - s0)) * result.seconds / result.steps
+
+
+@dataclass
+class Reading:
+    difference: float  # the run's final loss minus the reference's
+    margin: float  # the seeds' spread plus the step-count effect
+    verdict: str  # "lower", "higher" or NOT_DISTINGUISHABLE
+
+
+def read_difference(result: Race, reference: Race, spread: float) -> Reading:
+    """``result`` against ``reference``: lower or higher loss only if the difference is larger than
+    ``spread`` (max - min of the final loss over repeated runs of one recipe) plus the step-count
+    effect, |difference in steps| times the two runs' mean ``loss_per_step``."""
+    if not spread >= 0:
+        raise SLMError(f"spread is max - min of repeated runs' losses, >= 0; got {spread}")
+    per_step = (loss_per_step(result) + loss_per_step(reference)) / 2
+    steps = abs(result.steps - reference.steps)
+    margin = spread + (steps * per_step if steps else 0.0)  # 0 steps apart: no effect, even at inf
+    difference = result.loss - reference.loss
+    verdict = (NOT_DISTINGUISHABLE if abs(difference) <= margin
+               else "lower" if difference < 0 else "higher")
+    return Reading(difference, margin, verdict)

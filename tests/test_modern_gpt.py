@@ -29,6 +29,7 @@ from slm_helpers.model import (
     window_mask,
 )
 from slm_helpers.sampling import _NextLogits, beam_search, generate
+from slm_helpers.speedrun import NOT_DISTINGUISHABLE, Race, loss_per_step, read_difference
 from slm_helpers.tokenizers import CharTokenizer
 from slm_helpers.train import TrainConfig, Trainer, lr_at
 
@@ -588,3 +589,40 @@ def test_fast_preset_end_to_end(fast_run, capsys):
         outputs.append(out)
     # the cache changes the speed, not the text
     assert outputs[0] == outputs[1] and outputs[2] == outputs[3]
+
+
+# ---------------------------------------------------------- reading an ablation against its noise
+
+def _race(losses, steps, seconds=30.0):
+    """A Race with evaluations evenly spread over ``seconds`` (no trainer: only its numbers)."""
+    times = [seconds * (i + 1) / len(losses) for i in range(len(losses))]
+    return Race("run", list(zip(times, losses)), steps, 1.0, trainer=None)
+
+
+def test_loss_per_step_is_the_last_fall_per_second_times_seconds_per_step():
+    # from 2.0 at 15 s to 1.7 at 30 s: 0.02 per second; 90 steps in 30 s: 1/3 s per step
+    assert loss_per_step(_race([2.0, 1.7], steps=90)) == pytest.approx(0.02 / 3)
+    assert loss_per_step(_race([1.7, 1.8], steps=90)) == 0.0  # a rising loss: no step effect
+    assert loss_per_step(_race([1.7], steps=90)) == math.inf  # one evaluation: no slope to read
+
+
+def test_read_difference_one_rule_for_every_row():
+    final = _race([2.0, 1.7], steps=90)  # 0.02/3 per step
+    # 0.05 lower, same steps, spread 0.03: lower
+    reading = read_difference(_race([2.0, 1.65], steps=90), final, spread=0.03)
+    assert reading.verdict == "lower" and reading.difference == pytest.approx(-0.05)
+    assert reading.margin == pytest.approx(0.03)
+    # 0.05 higher with 18 steps fewer, both falling 0.02/3 per step at the end: 18 * 0.02/3 = 0.12
+    # of step effect, plus the spread
+    reading = read_difference(_race([1.99, 1.75], steps=72), final, spread=0.03)
+    assert reading.margin == pytest.approx(0.03 + 18 * 0.02 / 3)
+    assert reading.verdict == NOT_DISTINGUISHABLE and reading.difference == pytest.approx(0.05)
+    assert read_difference(_race([2.0, 1.9], steps=90), final, spread=0.03).verdict == "higher"
+    # within the spread
+    assert read_difference(_race([2.0, 1.72], steps=90), final,
+                           spread=0.03).verdict == NOT_DISTINGUISHABLE
+    # one evaluation and different steps: nothing can be told apart; same steps: the spread decides
+    assert read_difference(_race([1.0], steps=80), final, spread=0.0).verdict == NOT_DISTINGUISHABLE
+    assert read_difference(_race([1.0], steps=90), final, spread=0.03).verdict == "lower"
+    with pytest.raises(SLMError, match="spread"):
+        read_difference(final, final, spread=-0.1)
