@@ -174,6 +174,11 @@ class _NextLogits:
         self.reserve = reserve
         self.block_size = model.block_size
         self.use_cache = use_cache and hasattr(model, "new_cache")
+        # A RoPE model's window slides by itself and never restarts: a keep would be silently
+        # ignored, so it is refused instead.
+        if keep is not None and getattr(model, "reads_past_context", False):
+            raise SLMError(f"keep={keep!r} applies to learned positions only: this model (RoPE) "
+                           "slides its window one token at a time; leave keep unset")
         self.keep = self.block_size if keep is None else keep
         if not (isinstance(self.keep, int) and 1 <= self.keep <= self.block_size):
             raise SLMError("keep must be between 1 and the model's block_size "
@@ -252,11 +257,14 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOpt
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
     Settings: ``SamplingOptions`` or its fields as keywords (temperature, top_k, top_p,
-    repetition_penalty). The model sees at most its last ``model.block_size`` tokens: a longer
-    sequence is cropped from the left, as the model cannot see further back anyway. ``keep`` sets
-    where the window restarts once it is full (default ``block_size``: the plain crop; see
-    ``_NextLogits``). With ``use_cache`` (and a model that has a KV cache) the model runs on one new
-    token per step instead of the whole window; the tokens are the same as without it.
+    repetition_penalty). A model with learned positions sees at most its last
+    ``model.block_size`` tokens: a longer sequence is cropped from the left, as the model cannot see
+    further back anyway, and ``keep`` sets where the window restarts once it is full (default
+    ``block_size``: the plain crop; see ``_NextLogits``). A RoPE model
+    (``model.reads_past_context``) is not cropped: each token attends to the ``block_size`` before
+    it, so through its layers the last token reads further back; its window never restarts, and a
+    ``keep`` raises SLMError. With ``use_cache`` (and a model that has a KV cache) the model runs on
+    one new token per step instead of the whole window; the tokens are the same as without it.
     """
     new = list(token_stream(model, idx, max_new_tokens, options, generator=generator,
                             use_cache=use_cache,
