@@ -160,11 +160,11 @@ class _NextLogits:
     tokens of context instead of always ``block_size``. The rule is the same with and without the
     cache, so the cache changes the speed, never the tokens.
 
-    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts. Its cache drops
-    the oldest keys and every token attends to the ``block_size`` before it (sliding-window
-    attention). Without the cache the model reruns on the last ``n_layer * (block_size - 1) + 1``
-    tokens, all that the last token's logits can depend on through ``n_layer`` windows, and gives
-    the same logits.
+    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts, so it refuses a
+    ``keep``. Its cache drops the oldest keys and every token attends to the ``block_size`` before
+    it (sliding-window attention). Without the cache the model reruns on the last
+    ``n_layer * (block_size - 1) + 1`` tokens, all that the last token's logits can depend on
+    through ``n_layer`` windows, and gives the same logits.
     """
 
     def __init__(self, model, use_cache: bool = True, keep: int | None = None,
@@ -261,9 +261,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOpt
     ``model.block_size`` tokens: a longer sequence is cropped from the left, as the model cannot see
     further back anyway, and ``keep`` sets where the window restarts once it is full (default
     ``block_size``: the plain crop; see ``_NextLogits``). A RoPE model
-    (``model.reads_past_context``) is not cropped: each token attends to the ``block_size`` before
-    it, so through its layers the last token reads further back; its window never restarts, and a
-    ``keep`` raises SLMError. With ``use_cache`` (and a model that has a KV cache) the model runs on
+    (``model.reads_past_context``) sees further back: each token attends to the ``block_size``
+    before it, so through ``n_layer`` layers the last token reads up to
+    ``n_layer * (block_size - 1) + 1`` tokens; its window never restarts, and a ``keep`` raises
+    SLMError. With ``use_cache`` (and a model that has a KV cache) the model runs on
     one new token per step instead of the whole window; the tokens are the same as without it.
     """
     new = list(token_stream(model, idx, max_new_tokens, options, generator=generator,
