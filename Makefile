@@ -61,7 +61,7 @@ lint-ci: $(ACTIONLINT)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/
 
-# Every notebook, top to bottom, in quick mode; cells marked NBVAL_CHECK_OUTPUT must match.
+# Every notebook, top to bottom, in quick mode; cells tagged nbval-check-output must match.
 # Two notebooks run at once (-n 2), one thread each, so they do not fight over the cores.
 test-notebooks: $(STAMP)
 	SLM_QUICK=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \

@@ -56,8 +56,9 @@ def flops_per_token(model, seq_len: int | None = None) -> int:
     6N: each parameter does a multiply and an add per token (2 FLOPs) forward and twice that
     backward. 12·L·H·Q·T: attention's own matrix multiplies (scores and weighted sum), which have no
     parameters; L layers, H heads of Q dimensions, T tokens of context (``seq_len``, default
-    ``block_size``). N is ``num_params()``: the token embedding counts (it is also the output
-    layer), the position embedding does not (a lookup, no multiplies).
+    ``block_size``). N is ``num_params()``: every matrix that multiplies, so the output layer
+    counts and the lookups do not (no multiplies): the position embedding never, the token embedding
+    only when it is tied to the output layer (then it is that layer, counted once).
     """
     c = model.config
     return (6 * model.num_params()

@@ -160,11 +160,11 @@ class _NextLogits:
     tokens of context instead of always ``block_size``. The rule is the same with and without the
     cache, so the cache changes the speed, never the tokens.
 
-    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts. Its cache drops
-    the oldest keys and every token attends to the ``block_size`` before it (sliding-window
-    attention). Without the cache the model reruns on the last ``n_layer * (block_size - 1) + 1``
-    tokens, all that the last token's logits can depend on through ``n_layer`` windows, and gives
-    the same logits.
+    # New (lesson 11): a RoPE model (``model.reads_past_context``) never restarts, so it refuses a
+    ``keep``. Its cache drops the oldest keys and every token attends to the ``block_size`` before
+    it (sliding-window attention). Without the cache the model reruns on the last
+    ``n_layer * (block_size - 1) + 1`` tokens, all that the last token's logits can depend on
+    through ``n_layer`` windows, and gives the same logits.
     """
 
     def __init__(self, model, use_cache: bool = True, keep: int | None = None,
@@ -174,6 +174,11 @@ class _NextLogits:
         self.reserve = reserve
         self.block_size = model.block_size
         self.use_cache = use_cache and hasattr(model, "new_cache")
+        # A RoPE model's window slides by itself and never restarts: a keep would be silently
+        # ignored, so it is refused instead.
+        if keep is not None and getattr(model, "reads_past_context", False):
+            raise SLMError(f"keep={keep!r} applies to learned positions only: this model (RoPE) "
+                           "slides its window one token at a time; leave keep unset")
         self.keep = self.block_size if keep is None else keep
         if not (isinstance(self.keep, int) and 1 <= self.keep <= self.block_size):
             raise SLMError("keep must be between 1 and the model's block_size "
@@ -252,11 +257,15 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, options: SamplingOpt
     """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens.
 
     Settings: ``SamplingOptions`` or its fields as keywords (temperature, top_k, top_p,
-    repetition_penalty). The model sees at most its last ``model.block_size`` tokens: a longer
-    sequence is cropped from the left, as the model cannot see further back anyway. ``keep`` sets
-    where the window restarts once it is full (default ``block_size``: the plain crop; see
-    ``_NextLogits``). With ``use_cache`` (and a model that has a KV cache) the model runs on one new
-    token per step instead of the whole window; the tokens are the same as without it.
+    repetition_penalty). A model with learned positions sees at most its last
+    ``model.block_size`` tokens: a longer sequence is cropped from the left, as the model cannot see
+    further back anyway, and ``keep`` sets where the window restarts once it is full (default
+    ``block_size``: the plain crop; see ``_NextLogits``). A RoPE model
+    (``model.reads_past_context``) sees further back: each token attends to the ``block_size``
+    before it, so through ``n_layer`` layers the last token reads up to
+    ``n_layer * (block_size - 1) + 1`` tokens; its window never restarts, and a ``keep`` raises
+    SLMError. With ``use_cache`` (and a model that has a KV cache) the model runs on
+    one new token per step instead of the whole window; the tokens are the same as without it.
     """
     new = list(token_stream(model, idx, max_new_tokens, options, generator=generator,
                             use_cache=use_cache,

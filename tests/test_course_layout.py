@@ -117,3 +117,19 @@ def test_lesson_opens_with_its_outcomes_and_keeps_solutions_for_the_end(path):
                                                              "exercises")
     early = [i for i in headings if i < solutions and re.search(r"\*\*Solution", _source(cells[i]))]
     assert not early, f"cells {early} give an answer before the Solutions section"
+
+
+def test_course_map_shows_every_lesson_under_its_own_title():
+    """Lesson 0 draws the map (and saves images/course_map.png, which the README shows): a box per
+    lesson, in order, each in one group, titled with words of the lesson's own heading."""
+    cells = _cells(NOTEBOOKS[0])
+    source = next(_source(c) for c in cells if "course_map.png" in _source(c)
+                  and c["cell_type"] == "code")
+    boxes = re.findall(r'^    \((\d+), "([^"]+)", ', source, flags=re.M)
+    assert [int(n) for n, _ in boxes] == list(range(len(NOTEBOOKS))), "one box per lesson, in order"
+    groups = re.findall(r'^    \("[^"]+", \[([\d, ]+)\], "#', source, flags=re.M)
+    assert sorted(int(n) for g in groups for n in g.split(",")) == list(range(len(NOTEBOOKS)))
+    for (n, title), path in zip(boxes, NOTEBOOKS):
+        heading = _source(_cells(path)[0]).splitlines()[0].lower()
+        missing = [w for w in title.lower().split() if w not in heading]
+        assert not missing, f"lesson {n}'s box says {title!r}: {missing} not in its heading"

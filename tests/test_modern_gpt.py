@@ -363,6 +363,18 @@ def test_beam_search_past_the_context(rope_model):
     assert score == pytest.approx(logprobs / 20, abs=1e-4)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_keep_is_refused_where_the_window_never_restarts(rope_model, use_cache):
+    """keep only moves where a learned-position window restarts; a RoPE model's slides, so a keep
+    there would change nothing, and saying so beats ignoring it."""
+    idx = torch.randint(0, 24, (1, 5), generator=torch.Generator().manual_seed(0))
+    for keep in (4, rope_model.block_size):
+        with pytest.raises(SLMError, match=f"keep={keep} applies to learned positions only"):
+            generate(rope_model, idx, 10, temperature=0, use_cache=use_cache, keep=keep)
+        with pytest.raises(SLMError, match="leave keep unset"):
+            beam_search(rope_model, idx, 10, num_beams=2, use_cache=use_cache, keep=keep)
+
+
 # ---------------------------------------------------------------- MLPs, QK-norm, GQA
 
 def _params(module: nn.Module) -> int:

@@ -227,6 +227,18 @@ def test_flops_per_token_is_six_n_plus_attention():
     assert mfu(None, 2e9, 1e12) is None and mfu(1000.0, 2e9, None) is None
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_flops_per_token_counts_the_output_layer_not_the_lookups(tie):
+    """By hand: per block the attention (4d²) and MLP (8d²) matrices and two LayerNorm gains, then
+    the final gain and the V x d output layer. An untied token embedding is a lookup, like the
+    position embedding: tied or not, the count is the same."""
+    model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=3, n_head=4, n_embd=64,
+                          tie_embeddings=tie))
+    d = 64
+    multiplies = 3 * (12 * d * d + 2 * d) + d + 100 * d
+    assert flops_per_token(model) == 6 * multiplies + 12 * 3 * 4 * 16 * 32
+
+
 @pytest.mark.parametrize("name, peak", [
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
     ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
