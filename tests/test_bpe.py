@@ -5,6 +5,7 @@ import hashlib
 import json
 import random
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,26 @@ def test_gpt2_special_token_like_tiktoken(gpt2, enc):
     with pytest.raises(SLMError, match="allowed_special"):
         gpt2.encode(text)
     assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
+
+
+def test_gpt2_encoding_needs_no_blobfile(monkeypatch):
+    """tiktoken 0.7 to 0.9 (0.7 is the course's floor) open a local path only with the optional
+    blobfile package: gpt2_encoding must not need it."""
+    import tiktoken.load
+
+    def read_file_as_in_tiktoken_0_7(path):
+        if not path.startswith(("http://", "https://")):
+            raise ImportError("blobfile is not installed. Please install it by running `pip "
+                              "install blobfile`.")
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(tiktoken.load, "read_file", read_file_as_in_tiktoken_0_7)
+    monkeypatch.setitem(sys.modules, "blobfile", None)  # import blobfile: ImportError
+    loader = tiktoken.load.read_file_cached
+    gpt2_encoding.cache_clear()
+    assert gpt2_encoding().encode("Hello world") == [15496, 995]
+    assert tiktoken.load.read_file_cached is loader  # tiktoken as it was
+    gpt2_encoding.cache_clear()
 
 
 def test_gpt2_encoding_loads_offline(monkeypatch, tmp_path):
