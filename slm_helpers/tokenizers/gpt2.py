@@ -112,7 +112,7 @@ def gpt2_tokenizer() -> BPETokenizer:
 @contextmanager
 def _tiktoken_reads_local_files():
     """tiktoken's loader reads each file through ``read_file_cached``, which copies it into a cache
-    directory and, in tiktoken 0.7 to 0.9, opens a local path only with the optional blobfile
+    directory and, in tiktoken 0.8 and 0.9, opens a local path only with the optional blobfile
     package. The shipped files are local and their hashes checked: while the loader runs, it reads
     them straight from disk."""
     import tiktoken.load
