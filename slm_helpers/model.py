@@ -162,7 +162,8 @@ def attend(q, k, v, start: int, window: int, fused: bool = True, dropout: nn.Mod
         # one token: its query heads of a group become that group's rows, no copy of k, v
         if fused and everything:
             y = F.scaled_dot_product_attention(q.reshape(B, n_kv_head, -1, hs), k, v, dropout_p=p)
-            return y.view(B, n_head, 1, hs), None
+            # reshape, not view: torch 2.4's CPU kernel returns y non-contiguous
+            return y.reshape(B, n_head, 1, hs), None
         k, v = (t.repeat_interleave(n_head // n_kv_head, dim=1) for t in (k, v))
     if not fused:
         return masked_attention(q, k, v, window_mask(start, T, key_start, n_keys, window, q.device),

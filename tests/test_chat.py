@@ -1,14 +1,21 @@
 """chat.py: the ChatML text equals the file's Jinja template (and transformers'
-apply_chat_template), replies stream until <|im_end|>, a Chat keeps its history (a reply cut short
-included), and a chat too long for the context is refused before any forward pass. On a tiny random
-Llama (tests/tiny_gguf.py)."""
+apply_chat_template, live or as tests/data/tiny_llama_reference.json committed it), replies stream
+until <|im_end|>, a Chat keeps its history (a reply cut short included), and a chat too long for the
+context is refused before any forward pass. On a tiny random Llama (tests/tiny_gguf.py)."""
 
 import copy
+import json
 
 import jinja2
 import pytest
 import torch
-from pretrained_reference import hf_encode, hf_tokenizer, transformers_unusable
+from pretrained_reference import (
+    TINY_REFERENCE,
+    file_sha256,
+    hf_chat_reference,
+    hf_tokenizer,
+    transformers_unusable,
+)
 from tiny_gguf import SMOLLM2_CHAT_TEMPLATE, write_tiny_llama
 
 import slm_helpers.chat as chat_module
@@ -43,11 +50,42 @@ IM_START, IM_END = 1, 2  # the tiny vocabulary's ids, as SmolLM2's
 CONTEXT = 256
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat") / "tiny.gguf"
+STALE = "tests/data/tiny_llama_reference.json is stale: run tests/pretrained_reference.py tiny"
+
+
+def write_chat_file(path):
     return write_tiny_llama(path, tied=False,
                             metadata={"llama.context_length": ("add_uint32", CONTEXT)}).path
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_chat_file(tmp_path_factory.mktemp("chat") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def committed_chats():
+    return json.loads(TINY_REFERENCE.read_text(encoding="utf-8"))["chat"]
+
+
+@pytest.fixture(scope="module")
+def hf_chats(tiny_path):
+    """transformers' ChatML text and ids of each chat, now; skipped where it is unusable."""
+    reason = transformers_unusable()
+    if reason:
+        pytest.skip(reason)
+    return hf_chat_reference(hf_tokenizer(tiny_path), CHATS)
+
+
+@pytest.fixture(scope="module")
+def reference_chats(request, tiny_path, committed_chats):
+    """transformers' ChatML text and ids: live where it is usable, else as committed (then for this
+    very file only)."""
+    if transformers_unusable():
+        assert file_sha256(tiny_path) == committed_chats["file_sha256"], \
+            f"the chat tests' tiny file is not the one the JSON describes: {STALE}"
+        return committed_chats["chats"]
+    return request.getfixturevalue("hf_chats")
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +120,16 @@ def test_default_system_comes_from_the_template():
             default_system(template)
 
 
-def test_chat_ids_and_text_equal_transformers_apply_chat_template(loaded, tiny_path):
-    reason = transformers_unusable()
-    if reason:
-        pytest.skip(reason)
+def test_chat_ids_and_text_equal_transformers_apply_chat_template(loaded, reference_chats):
     _, tokenizer = loaded
-    reference = hf_tokenizer(tiny_path)
-    for messages in CHATS.values():
-        text = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert chat_text(messages, tokenizer.chat_template) == text
-        assert chat_ids(tokenizer, messages) == hf_encode(reference, text)
+    assert sorted(reference_chats) == sorted(CHATS), STALE
+    for name, messages in CHATS.items():
+        assert chat_text(messages, tokenizer.chat_template) == reference_chats[name]["text"], name
+        assert chat_ids(tokenizer, messages) == reference_chats[name]["ids"], name
+
+
+def test_the_committed_chats_are_what_transformers_says_now(committed_chats, hf_chats):
+    assert committed_chats["chats"] == hf_chats, STALE
 
 
 def test_chat_ids_write_the_markers_as_special_tokens(loaded):

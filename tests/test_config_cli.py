@@ -237,9 +237,12 @@ def test_ctrl_c_exits_130_and_resume_continues_exactly(tmp_path, capsys):
             "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("SLM_QUICK", None)
+    # Ctrl-C as a terminal delivers it: a background job of a shell (`make test &`, nohup) starts
+    # with SIGINT ignored, which the child would inherit, and then the signal would do nothing
     process = subprocess.Popen([sys.executable, "-m", "slm_helpers", *args, "--out",
                                 str(tmp_path / "stopped")],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics, deadline = tmp_path / "stopped" / "metrics.jsonl", time.monotonic() + 120
     try:
         # the evaluation at step 40 is logged after the checkpoint of step 20 was written

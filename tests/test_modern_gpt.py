@@ -26,6 +26,7 @@ from slm_helpers.model import (
     ReLU2,
     Rotary,
     SwiGLU,
+    attend,
     window_mask,
 )
 from slm_helpers.sampling import _NextLogits, beam_search, generate
@@ -245,6 +246,20 @@ def decode(model: GPT, idx: torch.Tensor, chunk: int):
     cache = model.new_cache(idx.size(0))
     parts = [model(idx[:, s:s + chunk], cache=cache)[0] for s in range(0, idx.size(1), chunk)]
     return torch.cat(parts, dim=1), cache
+
+
+def test_one_token_grouped_query_attention_takes_any_layout_of_the_fused_output(monkeypatch):
+    """torch 2.4's CPU kernel returns its (B, heads, T, hs) output laid out as (B, T, heads, hs);
+    the one-token grouped-query path must not assume it contiguous (a .view failed on torch 2.4)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 1, 8, generator=g)  # 6 query heads in 2 groups of 3, one new token
+    k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(2))
+    expected, _ = attend(q, k, v, start=4, window=16, fused=False)
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: fused(
+        *a, **kw).transpose(1, 2).contiguous().transpose(1, 2))  # torch 2.4's layout
+    y, _ = attend(q, k, v, start=4, window=16)
+    assert y.shape == (2, 6, 1, 8) and (y - expected).abs().max() <= 1e-6
 
 
 def test_within_the_context_the_cache_is_the_full_forward():

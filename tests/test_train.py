@@ -206,10 +206,16 @@ def _recorder():
 
 
 RECORDED = json.loads((DATA / "train_baseline_0f3426d.json").read_text(encoding="utf-8"))
+# The torch the losses were recorded with: another release sums some of them in another order
+# (torch 2.4: the last bits of a loss) or draws other dropout masks: bit for bit, only on it.
+RECORDED_TORCH = "2.13"
 
 
 @pytest.mark.parametrize("recipe", sorted(RECORDED))
 def test_losses_are_bit_identical_to_the_trainer_before_its_refactor(recipe):
+    if not torch.__version__.startswith(RECORDED_TORCH + "."):
+        pytest.skip(f"the losses were recorded with torch {RECORDED_TORCH}, bit for bit; this is "
+                    f"torch {torch.__version__}")
     recorder = _recorder()
     trainer = recorder.make(recorder.RECIPES[recipe])
     history = trainer.fit(progress=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -111,18 +110,19 @@ def gpt2_tokenizer() -> BPETokenizer:
 
 
 @contextmanager
-def _tiktoken_cache_off():
-    """tiktoken copies every file it reads into a cache directory; TIKTOKEN_CACHE_DIR='' turns that
-    off."""
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
+def _tiktoken_reads_local_files():
+    """tiktoken's loader reads each file through ``read_file_cached``, which copies it into a cache
+    directory and, in tiktoken 0.8 and 0.9, opens a local path only with the optional blobfile
+    package. The shipped files are local and their hashes checked: while the loader runs, it reads
+    them straight from disk."""
+    import tiktoken.load
+
+    cached = tiktoken.load.read_file_cached
+    tiktoken.load.read_file_cached = lambda path, expected_hash=None: Path(path).read_bytes()
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
+        tiktoken.load.read_file_cached = cached
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,7 +134,7 @@ def gpt2_encoding():
 
     # hashes checked here
     vocab_bpe, encoder_json = _gpt2_file("vocab.bpe"), _gpt2_file("encoder.json")
-    with _tiktoken_cache_off():
+    with _tiktoken_reads_local_files():
         ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe),
                                                 encoder_json_file=str(encoder_json))
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
