@@ -94,7 +94,7 @@ def summary(trainer: Trainer, tokenizer, task: str = "json", n_test: int = 200) 
     """What a fine-tuning run learned and cost: held-out exact match (None without test examples),
     parameters, optimizer state, this process's peak memory, seconds per step."""
     model = trainer.model
-    matches = greedy_matches(model, task_pairs(tokenizer, TASKS[task](n_test, "test")))
+    matches = greedy_matches(model, tokenizer, task_pairs(tokenizer, TASKS[task](n_test, "test")))
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = max(1, trainer.step)
     return {"exact_match": sum(matches) / len(matches) if matches else None,

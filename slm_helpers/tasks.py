@@ -11,7 +11,8 @@ no city and no phrasing of the sentence: a model that scores well on the test se
 skill (find the fields, write the format), not the examples. Jobs are shared: they are the fields'
 vocabulary, not the task.
 
-``greedy_matches`` scores a model on such pairs without decoding: one teacher-forced pass per batch.
+``greedy_matches`` scores a model on such pairs mostly without decoding: one teacher-forced pass per
+batch, and decoding only where the model may spell the answer in other tokens.
 
 What it leaves out: any other task; the command line's ``--task`` names this one, ``json``.
 """
@@ -26,6 +27,7 @@ import torch
 
 from .data import IGNORE_INDEX, ChatExamples
 from .errors import SLMError
+from .sampling import token_stream
 from .utils import eval_mode
 
 INSTRUCTION = 'Give the name, age, city and job in this text as JSON.\n\nText: '
@@ -59,6 +61,52 @@ CITIES = ["Lyon", "Osaka", "Porto", "Leeds", "Krakow", "Austin", "Nairobi", "Ber
           "Mombasa", "Aarhus", "Genoa", "Boston", "Busan", "Tartu", "Antwerp", "Granada",
           "Kumasi", "Oslo", "Mysore", "Zurich", "Tallinn", "Vilnius", "Toulouse", "Bristol",
           "Hamburg"]
+# More words for training only. The answer spells each word in other tokens than the sentence
+# (" Zurich" is one token, '"Zurich' is "Z" "ur" "ich"), so the model must recall how each word is
+# spelled: trained on a few dozen cities it learns those spellings, on a few hundred it learns to
+# spell what it reads.
+MORE_FIRST_NAMES = [
+    "Abel", "Adrian", "Agnes", "Aisha", "Akira", "Alba", "Alexei", "Alice", "Amir", "Ana",
+    "Andrei", "Anika", "Anton", "Aria", "Arthur", "Asha", "Ayla", "Beatriz", "Benedikt",
+    "Bianca", "Boris", "Camila", "Caspar", "Celine", "Chiara", "Cyrus", "Dalia", "Damian",
+    "Daria", "Diana", "Dominik", "Edgar", "Eliska", "Elif", "Emil", "Emma", "Enzo", "Erik",
+    "Esther", "Farid", "Fiona", "Florian", "Gabriel", "Gemma", "Gideon", "Gloria", "Hamid",
+    "Harriet", "Helena", "Henry", "Hiro", "Ilse", "Imani", "Irene", "Isaac", "Jamal", "Jana",
+    "Javier", "Jonah", "Josefa", "Juan", "Kai", "Karim", "Karla", "Katya", "Kemal", "Kira",
+    "Laila", "Lars", "Laura", "Leon", "Liam", "Lina", "Lorenzo", "Lotte", "Magnus", "Maja",
+    "Manon", "Marek", "Marta", "Matilda", "Max", "Maya", "Miguel", "Milan", "Miriam", "Naomi",
+    "Nathan", "Nils", "Noah", "Olga", "Oscar", "Petra", "Philippe", "Rahul", "Rebecca", "Renata",
+    "Ruben", "Ruth", "Sami", "Sanjay", "Simone", "Sven", "Tamar", "Teresa", "Theo", "Uma",
+    "Valentina", "Walter", "Xavier", "Yasmin", "Yuki", "Zeynep", "Zofia",
+]
+MORE_SURNAMES = [
+    "Abbott", "Acosta", "Alvarez", "Andersson", "Arslan", "Bauer", "Becker", "Bianchi", "Blanco",
+    "Bonnet", "Brandt", "Campbell", "Carvalho", "Cerny", "Clarke", "Conti", "Cruz", "Dalton",
+    "Delgado", "Dimitrov", "Doyle", "Engel", "Esposito", "Fleming", "Fuchs", "Gallo", "Gomez",
+    "Gonzalez", "Graham", "Gruber", "Hansen", "Hartmann", "Hoffmann", "Holm", "Ibrahim",
+    "Jakobsen", "Janssen", "Jovanovic", "Kaiser", "Kato", "Kaur", "Kelly", "Klein", "Koch",
+    "Kumar", "Lange", "Lehmann", "Lewis", "Lombardi", "Maier", "Marino", "Meyer", "Moller",
+    "Moretti", "Muller", "Nakamura", "Nielsen", "Nowak", "Obi", "Owusu", "Park", "Pereira",
+    "Perez", "Peters", "Pham", "Quinteros", "Ramos", "Reyes", "Rios", "Roth", "Russo", "Santos",
+    "Schneider", "Schulz", "Sorensen", "Stewart", "Takahashi", "Tran", "Ueda", "Vasquez",
+    "Vogel", "Wagner", "Watanabe", "Williams", "Wolf", "Yang", "Zhang", "Ziegler",
+]
+MORE_CITIES = [
+    "Aachen", "Adana", "Agra", "Alicante", "Almaty", "Amiens", "Ankara", "Arequipa", "Asmara",
+    "Aswan", "Auckland", "Avignon", "Baku", "Bamako", "Bangor", "Bari", "Basel", "Bath",
+    "Belfast", "Bern", "Bonn", "Bordeaux", "Bremen", "Brest", "Brighton", "Bruges", "Budapest",
+    "Cadiz", "Cairns", "Cardiff", "Cologne", "Colombo", "Como", "Darwin", "Delft", "Derby",
+    "Dijon", "Dublin", "Dundee", "Durban", "Eindhoven", "Essen", "Exeter", "Faro", "Florence",
+    "Fresno", "Galway", "Gdansk", "Geelong", "Gothenburg", "Hobart", "Houston", "Innsbruck",
+    "Izmir", "Jaipur", "Kampala", "Kassel", "Kaunas", "Kiel", "Kingston", "Kobe", "Lahore",
+    "Lausanne", "Leiden", "Limerick", "Linz", "Lisbon", "Lucerne", "Luxor", "Madrid", "Mainz",
+    "Malaga", "Manila", "Marseille", "Memphis", "Milan", "Montreal", "Munich", "Nagoya",
+    "Naples", "Nice", "Norwich", "Nuremberg", "Odense", "Oxford", "Padua", "Palermo", "Parma",
+    "Pisa", "Poznan", "Prague", "Reno", "Rennes", "Rome", "Rotterdam", "Santiago", "Sheffield",
+    "Siena", "Split", "Stuttgart", "Sydney", "Tampa", "Tbilisi", "Toledo", "Toronto", "Trieste",
+    "Tromso", "Tunis", "Uppsala", "Vancouver", "Verona", "Vienna", "Warsaw", "Windsor",
+    "Winnipeg", "York", "Zagreb",
+]
 JOBS = ["nurse", "teacher", "architect", "baker", "pilot", "engineer", "librarian", "plumber",
         "chef", "dentist", "journalist", "electrician", "accountant", "gardener", "pharmacist",
         "translator", "carpenter", "veterinarian", "photographer", "mechanic", "lawyer", "farmer",
@@ -92,8 +140,9 @@ class Example:
     fields: dict  # what the answer encodes
 
 
-def _half(items: list, split: str) -> list:
-    return items[:len(items) // 2] if split == "train" else items[len(items) // 2:]
+def _pool(items: list, more: list, split: str) -> list:
+    """The first half of ``items`` and ``more`` for training, the second half for testing."""
+    return items[:len(items) // 2] + more if split == "train" else items[len(items) // 2:]
 
 
 def json_extraction(n: int, split: str = "train", seed: int = 0) -> list[Example]:
@@ -103,7 +152,8 @@ def json_extraction(n: int, split: str = "train", seed: int = 0) -> list[Example
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise SLMError(f"the number of examples must be an integer >= 0, got {n!r}")
     rng = random.Random(f"{split}-{seed}")  # a str seed: the same sequence on every platform
-    firsts, surnames, cities = (_half(items, split) for items in (FIRST_NAMES, SURNAMES, CITIES))
+    firsts, surnames, cities = (_pool(items, more, split) for items, more in (
+        (FIRST_NAMES, MORE_FIRST_NAMES), (SURNAMES, MORE_SURNAMES), (CITIES, MORE_CITIES)))
     phrasings = TRAIN_PHRASINGS if split == "train" else TEST_PHRASINGS
     examples = []
     for _ in range(n):
@@ -121,13 +171,18 @@ TASKS = {"json": json_extraction}
 
 
 @torch.no_grad()
-def greedy_matches(model, pairs, batch_size: int = 8, pad_id: int = 0) -> list[bool]:
-    """For each (prompt ids, reply ids) pair: would greedy decoding write exactly this reply?
+def greedy_matches(model, tokenizer, pairs, batch_size: int = 8, pad_id: int = 0) -> list[bool]:
+    """For each (prompt ids, reply ids) pair: would greedy decoding write exactly this reply's text?
 
-    It would if, and only if, every token of the reply is the most likely one given the tokens
-    before it. So one forward pass over prompt + reply ("teacher forcing") decides it, for a whole
-    batch at once, where decoding writes one token per pass. The rows are ``data.ChatExamples``'
-    (padded at the end, which a causal model never looks at; targets -100 outside the replies).
+    It would if every token of the reply is the most likely one given the tokens before it. So one
+    forward pass over prompt + reply ("teacher forcing") decides most pairs, a whole batch at once,
+    where decoding writes one token per pass. The rows are ``data.ChatExamples``' (padded at the
+    end, which a causal model never looks at; targets -100 outside the replies).
+
+    But a text has more than one spelling in tokens: the answer's ``"Zurich`` is ``"Z`` ``ur``
+    ``ich``, and a model that writes ``"Zur`` ``ich`` writes the same text. So where the greedy
+    token first differs from the reply's, the pair is decided on text: a miss if that token's text
+    does not continue the reply's, else the rest is decoded greedily and compared, byte for byte.
     """
     device = next(model.parameters()).device
     verdicts = []
@@ -137,5 +192,27 @@ def greedy_matches(model, pairs, batch_size: int = 8, pad_id: int = 0) -> list[b
             rows = ChatExamples(chunk, max(len(p) + len(r) for p, r in chunk) - 1, pad_id=pad_id)
             x, y = rows.batch(torch.arange(len(chunk)), device)  # y: the replies, -100 elsewhere
             best = model(x)[0].argmax(dim=-1)  # (B, T): each greedy choice
-            verdicts += ((best == y) | (y == IGNORE_INDEX)).all(dim=1).tolist()
+            differs = (best != y) & (y != IGNORE_INDEX)  # (B, T)
+            for row, (prompt, reply) in enumerate(chunk):
+                if not differs[row].any():
+                    verdicts.append(True)
+                    continue
+                at = differs[row].nonzero()[0].item()  # the first position where greedy differs
+                rest = tokenizer.decode_bytes(reply[at + 1 - len(prompt):])  # what is left to write
+                verdicts.append(rest.startswith(tokenizer.decode_bytes([best[row, at].item()]))
+                                and _decodes_to(model, tokenizer, (prompt + reply)[:at + 1], rest,
+                                                end_id=reply[-1]))
     return verdicts
+
+
+def _decodes_to(model, tokenizer, ids: list[int], text: bytes, end_id: int) -> bool:
+    """Does greedy decoding after ``ids`` write exactly ``text``, ending with the token end_id?"""
+    idx = torch.tensor([ids], device=next(model.parameters()).device)  # (1, T)
+    written = b""
+    for token in token_stream(model, idx, len(text), temperature=0):  # a token writes >= 1 byte
+        written += tokenizer.decode_bytes([token.item()])
+        if not text.startswith(written):
+            return False
+        if token.item() == end_id:
+            return written == text
+    return False
