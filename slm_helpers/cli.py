@@ -129,9 +129,10 @@ def _finetune_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="folder for the adapter or checkpoints, metrics, summary.json")
     parser.add_argument("--full", action="store_true",
                         help="train every weight instead of LoRA adapters")
-    parser.add_argument("--rank", type=int, default=8,
-                        help="LoRA's rank r: A is r x in, B is out x r")
-    parser.add_argument("--alpha", type=float, default=16.0,
+    # finetune.LORA_RANK and LORA_ALPHA (not imported here: the parser must not load torch)
+    parser.add_argument("--rank", type=int, default=4,
+                        help="LoRA's rank r: A is r x in, B is out x r, on every Linear of a block")
+    parser.add_argument("--alpha", type=float, default=8.0,
                         help="LoRA's alpha: the update is scaled by alpha / r")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of 8 examples")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",

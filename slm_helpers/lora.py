@@ -26,8 +26,11 @@ import torch.nn.functional as F
 from .checkpoint import read_state, save_checkpoint
 from .errors import SLMError
 
-# The default targets: q, k and v (one Linear), and attention's output projection.
+# The default targets: q, k and v (one Linear), and attention's output projection, as in the paper.
 ATTENTION = ("attn.c_attn", "attn.c_proj")
+# Every Linear of a block: the MLP holds most of what a model knows about its tokens (lesson 13
+# adapts all four at rank 4 rather than attention's two at rank 8).
+EVERY_LINEAR = ATTENTION + ("mlp.c_fc", "mlp.c_proj")
 
 
 class LoRALinear(nn.Module):

@@ -1,6 +1,7 @@
 """Lesson 13's fine-tuning, end to end on a tiny random Llama GGUF (no download): the loss counts
 the reply only, LoRA lowers it, the command line resumes bit for bit, adapters load for chat."""
 
+import argparse
 import json
 
 import pytest
@@ -8,11 +9,15 @@ import torch
 from test_chat_cli import _assert_one_line_error
 from tiny_gguf import write_tiny_llama
 
+import slm_helpers.cli
 import slm_helpers.train
 from slm_helpers.chat import Chat, training_pair
 from slm_helpers.cli import main
 from slm_helpers.data import IGNORE_INDEX, ChatExamples
 from slm_helpers.finetune import (
+    LORA_ALPHA,
+    LORA_RANK,
+    LORA_TARGETS,
     cost_in_fresh_process,
     finetune_config,
     finetune_trainer,
@@ -63,6 +68,16 @@ def test_a_few_lora_steps_lower_the_training_loss(tiny):
     history = trainer.fit(progress=False)
     assert history[-1]["train"] < 0.8 * history[0]["train"]
     assert all(p.requires_grad == ("lora_" in name) for name, p in model.named_parameters())
+    wrapped = {name.rsplit(".", 1)[0] for name in lora_layers(model)}  # 'transformer.h.0.mlp', ...
+    assert len(lora_layers(model)) == len(LORA_TARGETS) * len(model.transformer.h)
+    assert {name.split(".")[-1] for name in wrapped} == {"attn", "mlp"}
+
+
+def test_the_command_line_defaults_are_the_packages():
+    finetune = argparse.ArgumentParser()
+    slm_helpers.cli._finetune_parser(finetune)
+    args = finetune.parse_args(["--out", "x"])
+    assert (args.rank, args.alpha) == (LORA_RANK, LORA_ALPHA)
 
 
 def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path, capsys,
@@ -113,7 +128,7 @@ def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path,
                         tmp_path / "straight" / "adapter.pt",
                         "--prompt", "Hi", "--temperature", 0, "--max-new-tokens", 6)
     assert rc == 0 and out == expected + "\n", err
-    assert len(lora_layers(model)) == 2 * model.config.n_layer
+    assert len(lora_layers(model)) == len(LORA_TARGETS) * model.config.n_layer
 
 
 def test_bad_input_is_one_line(tiny, tmp_path, capsys):
