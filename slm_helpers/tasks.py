@@ -200,16 +200,16 @@ def greedy_matches(model, tokenizer, pairs, batch_size: int = 8, pad_id: int = 0
                 at = differs[row].nonzero()[0].item()  # the first position where greedy differs
                 rest = tokenizer.decode_bytes(reply[at + 1 - len(prompt):])  # what is left to write
                 verdicts.append(rest.startswith(tokenizer.decode_bytes([best[row, at].item()]))
-                                and _decodes_to(model, tokenizer, (prompt + reply)[:at + 1], rest,
+                                and _decodes_to(model, tokenizer, x[row, :at + 1], rest,
                                                 end_id=reply[-1]))
     return verdicts
 
 
-def _decodes_to(model, tokenizer, ids: list[int], text: bytes, end_id: int) -> bool:
-    """Does greedy decoding after ``ids`` write exactly ``text``, ending with the token end_id?"""
-    idx = torch.tensor([ids], device=next(model.parameters()).device)  # (1, T)
+def _decodes_to(model, tokenizer, ids: torch.Tensor, text: bytes, end_id: int) -> bool:
+    """Does greedy decoding after ``ids`` (T,) write exactly ``text``, ending with end_id?"""
     written = b""
-    for token in token_stream(model, idx, len(text), temperature=0):  # a token writes >= 1 byte
+    # a token writes at least one byte, so len(text) steps are enough
+    for token in token_stream(model, ids[None], len(text), temperature=0):
         written += tokenizer.decode_bytes([token.item()])
         if not text.startswith(written):
             return False
