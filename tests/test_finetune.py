@@ -82,7 +82,7 @@ def test_the_command_line_defaults_are_the_packages():
 
 def test_finetune_resumes_bit_for_bit_and_chat_takes_the_adapter(tiny, tmp_path, capsys,
                                                                  monkeypatch):
-    # a large alpha: 8 steps at lesson 13's learning rate then change the tiny model's reply
+    # a large alpha, so that 8 steps at lesson 13's learning rate change the tiny model's reply
     args = ["finetune", "--gguf", tiny, "--steps", 8, "--alpha", 64, "--test-examples", 4,
             "--device", "cpu"]
     rc, out, err = _run(capsys, *args, "--out", tmp_path / "straight")
